@@ -1,0 +1,98 @@
+"""The command line both entry scripts share, generated from `TrainConfig` so flags cannot drift.
+
+Precedence: field defaults < `--config FILE` (YAML) < flags given on the command line.
+This module imports only click/yaml: the backend gets to run its import hook (Unsloth must patch
+transformers and TRL before they load) before `pipeline` pulls in the heavy libraries.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from llama_lora.backend import Backend
+from llama_lora.config import (
+    CONFIG_FIELDS,
+    ConfigError,
+    TrainConfig,
+    auto_type,
+    build,
+    detect_machine,
+    load_yaml,
+    resolve,
+)
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show_default(name: str) -> bool | str:
+    """What `--help` prints as the default: the value itself, or what "auto" resolves to."""
+    auto = CONFIG_FIELDS[name].metadata["auto"]
+    return f"auto: {auto}" if auto else True
+
+
+def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One click option for one config field."""
+    spec = CONFIG_FIELDS[name]
+    help_text = spec.metadata["help"]
+    is_bool = isinstance(spec.default, bool) or name == "load_in_4bit"
+    if is_bool:
+        decls = [f"{_flag(name)}/--no-{name.replace('_', '-')}"]
+    else:
+        decls = [_flag(name)]
+    kind = {int: int, float: float}.get(type(spec.default) if spec.default is not None else auto_type(name), str)
+    return click.option(
+        *decls,
+        name,
+        default=spec.default if not isinstance(spec.default, tuple) else ",".join(spec.default),
+        type=None if is_bool else kind,
+        help=help_text,
+        show_default=_show_default(name),
+    )
+
+
+def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Path | None) -> TrainConfig:
+    """Merge defaults, the YAML file and the flags the user actually typed, in that order."""
+    values = load_yaml(config_file) if config_file else {}
+    for name, value in flags.items():
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            values[name] = value
+    return build(values)
+
+
+def build_cli(backend: Backend) -> click.Command:
+    """The click command for one backend; every backend gets the same options and help."""
+
+    def main(config_file: Path | None, **flags: Any) -> None:
+        ctx = click.get_current_context()
+        try:
+            cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from err
+        backend.before_heavy_imports()
+        from llama_lora.pipeline import run  # heavy: torch, transformers, trl
+
+        sys.exit(run(cfg, backend))
+
+    for name in reversed(list(CONFIG_FIELDS)):
+        main = _option(name)(main)
+    main = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="YAML file of option values (e.g. a run's config.yaml); flags on the command line override it.",
+    )(main)
+    return click.command(
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+        help=(
+            f"Fine-tune a LoRA/QLoRA adapter with the {backend.title} backend.\n\n"
+            "With a CUDA GPU the default is Llama 3.1 8B Instruct in 4-bit (QLoRA); without one, the embedded "
+            "SmolLM2-135M-Instruct in 16-bit, so a run works on any machine. The run folder gets the adapter, "
+            "tokenizer, resolved config.yaml, metrics.json, train_log.jsonl and loss_curve.png."
+        ),
+    )(main)

@@ -1,0 +1,225 @@
+"""The one training configuration: every field's default and help text lives here, once.
+
+The CLI flags (`cli.py`), the `--config` YAML file and the `config.yaml` saved in each run folder are all
+generated from `TrainConfig`. Fields whose right value depends on the machine default to "auto" (None)
+and are fixed by `resolve()` before anything is loaded, so a saved config replays the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OUTPUT_ROOT = Path("llama-3.1-lora-finetuned")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DATASET = "data/teacher_student"
+EMBEDDED_MODEL = "smollm2"
+MODEL_ALIASES = {
+    "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama-3.1-70b-instruct": "meta-llama/Llama-3.1-70B-Instruct",
+}
+GPU_DEFAULT_MODEL = "llama-3.1-8b-instruct"
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _opt(default: Any, help: str, auto: str | None = None) -> Any:
+    """A config field with its help text; `auto` documents what a None default resolves to."""
+    return field(default=default, metadata={"help": help, "auto": auto})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a LoRA/QLoRA run. Field order is the order of `--help`."""
+
+    model: str | None = _opt(
+        None,
+        "Hub id, local folder, or alias (" + ", ".join([*MODEL_ALIASES, EMBEDDED_MODEL]) + ").",
+        auto=f"{GPU_DEFAULT_MODEL} with a CUDA GPU, else the embedded {EMBEDDED_MODEL} (SmolLM2-135M-Instruct)",
+    )
+    dataset: str = _opt(
+        BUNDLED_DATASET,
+        "A .jsonl file of dialogues, or a folder with train.jsonl (and optionally eval.jsonl). "
+        "Relative paths are tried from the working directory, then from the repository.",
+    )
+    r: int = _opt(16, "LoRA rank.")
+    lora_alpha: int | None = _opt(None, "LoRA scaling numerator (the update is scaled by alpha/r).", auto="2 x r")
+    lora_dropout: float = _opt(
+        0.0, "Dropout on the LoRA input. 0 keeps Unsloth on its fast path and runs deterministic."
+    )
+    target_modules: tuple[str, ...] = _opt(
+        ALL_LINEAR, "Comma-separated module names that get LoRA adapters (YAML: a list)."
+    )
+    use_rslora: bool = _opt(False, "Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = _opt(False, "Weight-decomposed LoRA (DoRA).")
+    load_in_4bit: bool | None = _opt(
+        None, "QLoRA: load the base model in 4-bit NF4 (bitsandbytes; also works on CPU).",
+        auto="4-bit with a CUDA GPU, 16-bit without",
+    )
+    dtype: str | None = _opt(
+        None, "Compute dtype: " + ", ".join(DTYPES) + ".",
+        auto="bfloat16 where the GPU/CPU has native bf16, else float16 on GPU / float32 on CPU",
+    )
+    max_seq_length: int = _opt(2048, "Tokens per example; longer dialogues are truncated.")
+    batch_size: int = _opt(4, "Examples per device per forward pass.")
+    grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).")
+    learning_rate: float = _opt(2e-4, "Peak learning rate.")
+    lr_scheduler: str = _opt("linear", "Learning-rate schedule (any transformers scheduler name).")
+    warmup_ratio: float = _opt(0.05, "Share of the steps spent warming the learning rate up.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay on the LoRA weights.")
+    optim: str = _opt(
+        "adamw_torch_fused",
+        "Optimizer (transformers name). adamw_8bit / paged_adamw_8bit save memory on GPU only.",
+    )
+    gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.")
+    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps > 0).")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run --epochs).")
+    seed: int = _opt(42, "Seed for LoRA init, data order and dropout.")
+    eval_fraction: float = _opt(
+        0.1, "Share of the training rows held out for eval when the dataset has no eval split (0: no eval)."
+    )
+    output_dir: str | None = _opt(
+        None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>"
+    )
+
+
+CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+class ConfigError(ValueError):
+    """A config value or file that cannot be used; the message names the field and what was expected."""
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a `--config` YAML file into field values, rejecting unknown keys by name."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config file: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in CONFIG_FIELDS:
+            raise ConfigError(f"{path}: unknown option '{key}'. Known options: {', '.join(CONFIG_FIELDS)}")
+        values[name] = value
+    return values
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or CLI value to the field's type, or raise a ConfigError naming the field."""
+    if value is None:
+        return None
+    if name == "target_modules":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        modules = tuple(str(item).strip() for item in items if str(item).strip())
+        if not modules:
+            raise ConfigError("target_modules: expected at least one module name")
+        return modules
+    default = CONFIG_FIELDS[name].default
+    kind = type(default) if default is not None else auto_type(name)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: expected a {kind.__name__}, got {value!r}") from err
+
+
+def auto_type(name: str) -> type:
+    """Type of a field whose default is None ("auto")."""
+    return {"lora_alpha": int, "load_in_4bit": bool}.get(name, str)
+
+
+def build(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from field values (unset fields keep their defaults)."""
+    return TrainConfig(**{name: coerce(name, value) for name, value in values.items()})
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What resolve() needs to know about the hardware."""
+
+    cuda: bool
+    cuda_bf16: bool = False
+    cpu_bf16: bool = False
+
+
+def detect_machine() -> Machine:
+    """Probe CUDA and native bf16 support (torch is imported here, never transformers or unsloth)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Machine(
+        cuda=cuda,
+        cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
+        cpu_bf16=cpu_has_native_bf16(),
+    )
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware; emulated bf16 trains several times slower than fp32."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
+    """Replace every "auto" field by its concrete value for this backend and machine, and validate."""
+    model = cfg.model or (GPU_DEFAULT_MODEL if machine.cuda else EMBEDDED_MODEL)
+    if machine.cuda:
+        dtype = cfg.dtype or ("bfloat16" if machine.cuda_bf16 else "float16")
+    else:
+        dtype = cfg.dtype or ("bfloat16" if machine.cpu_bf16 else "float32")
+    resolved = dataclasses.replace(
+        cfg,
+        model=model,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.r,
+        load_in_4bit=cfg.load_in_4bit if cfg.load_in_4bit is not None else machine.cuda,
+        dtype=dtype,
+        output_dir=cfg.output_dir or str(OUTPUT_ROOT / backend),
+    )
+    validate(resolved)
+    return resolved
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values no run could use, naming the flag and the accepted range."""
+    checks = [
+        (cfg.r > 0, "--r must be a positive integer"),
+        (cfg.lora_alpha is None or cfg.lora_alpha > 0, "--lora-alpha must be positive"),
+        (0.0 <= cfg.lora_dropout < 1.0, "--lora-dropout must be in [0, 1)"),
+        (cfg.dtype is None or cfg.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+        (cfg.max_seq_length > 0, "--max-seq-length must be positive"),
+        (cfg.batch_size > 0, "--batch-size must be positive"),
+        (cfg.grad_accum > 0, "--grad-accum must be positive"),
+        (cfg.learning_rate > 0, "--learning-rate must be positive"),
+        (0.0 <= cfg.warmup_ratio < 1.0, "--warmup-ratio must be in [0, 1)"),
+        (cfg.epochs > 0 or cfg.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
+        (cfg.max_steps == -1 or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
+        (0.0 <= cfg.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as plain YAML-able values (tuples become lists), in field order."""
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(cfg).items()}
+
+
+def save_yaml(cfg: TrainConfig, path: Path) -> None:
+    """Write the resolved config so `--config path` replays the run."""
+    path.write_text(yaml.safe_dump(to_record(cfg), sort_keys=False))

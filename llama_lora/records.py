@@ -1,0 +1,45 @@
+"""Files that make a run folder explain itself: metrics.json and the loss-curve plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+
+RUN_FILES = {
+    "adapter": ("adapter_config.json", "adapter_model.safetensors"),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"),
+    "record": ("config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "README.md"),
+}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Pretty JSON, written whole."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def plot_loss(history: list[dict[str, Any]], eval_loss: dict[str, float | None], title: str, path: Path) -> None:
+    """Train loss per step, with the eval loss before and after training as points."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    steps = [entry["step"] for entry in history]
+    ax.plot(steps, [entry["loss"] for entry in history], label="train loss", color="tab:blue", linewidth=1.5)
+    last_step = steps[-1] if steps else 1
+    points = [(0, eval_loss.get("before")), (last_step, eval_loss.get("after"))]
+    points = [(x, y) for x, y in points if y is not None]
+    if points:
+        ax.plot(*zip(*points), "o--", color="tab:orange", label="eval loss", markersize=7)
+        for x, y in points:
+            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (supervised tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

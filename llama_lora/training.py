@@ -1,0 +1,145 @@
+"""The one TRL SFTTrainer set-up both backends train with.
+
+Every setting that affects what is computed is written out here instead of left to a library default,
+because the libraries disagree: TRL's SFTConfig.max_length defaults to 1024 while Unsloth copies the
+model's max_seq_length into it, and Unsloth turns padding-free batching on unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from llama_lora.config import TrainConfig
+
+# The SFTConfig fields a fair comparison needs equal; metrics.json records their effective values.
+RECORDED_ARGS = (
+    "max_length", "packing", "padding_free", "gradient_checkpointing", "optim", "learning_rate",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "data_seed", "bf16", "fp16",
+    "max_grad_norm",
+)
+
+
+def build_sft_config(cfg: TrainConfig, output_dir: Path, steps_per_epoch: int) -> SFTConfig:
+    """The SFTConfig for a run: the same object, field for field, for both backends."""
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, round(steps_per_epoch * cfg.epochs))
+    return SFTConfig(
+        output_dir=str(output_dir),
+        # what is trained on
+        max_length=cfg.max_seq_length,
+        packing=False,
+        padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
+        # how
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        # an integer, so that epochs and max-steps runs warm up the same way on every backend
+        warmup_steps=round(cfg.warmup_ratio * total_steps),
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=1.0,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # non-reentrant checkpointing gives gradients to LoRA weights even though the frozen embeddings'
+        # outputs do not require grad
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=cfg.dtype == "bfloat16",
+        fp16=cfg.dtype == "float16",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        # bookkeeping: we log every step, evaluate ourselves before and after, and save once at the end
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    """A pre-tokenized datasets.Dataset; TRL uses its `labels` column as is."""
+    return Dataset.from_dict({
+        "input_ids": [row["input_ids"] for row in rows],
+        "labels": [row["labels"] for row in rows],
+    })
+
+
+class StepLog(TrainerCallback):
+    """Appends every logged step (loss, learning rate, grad norm, tokens) to a JSON-lines file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.history: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+        if not logs or "loss" not in logs:
+            return
+        entry = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens_seen": int(state.num_input_tokens_seen),
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+        }
+        self.history.append(entry)
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def make_trainer(
+    model: Any,
+    tokenizer: Any,
+    args: SFTConfig,
+    train: Dataset,
+    eval: Dataset | None,
+    callbacks: list[TrainerCallback],
+    own_cpu_loss: bool,
+) -> SFTTrainer:
+    """An SFTTrainer whose loss also works without CUDA."""
+    # Subclass at call time: under Unsloth, trl.SFTTrainer is Unsloth's replacement by now.
+    base = SFTTrainer
+
+    class LoraSFTTrainer(base):
+        # TRL 1.15 always computes the loss through a Triton LM-head kernel, which needs a CUDA driver.
+        # Without one, fall back to transformers' own cross-entropy (same mean over supervised tokens),
+        # unless the backend library brings its own CPU loss.
+        _plain_loss = not torch.cuda.is_available() and not own_cpu_loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if self._plain_loss:
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return LoraSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def effective_args(trainer: SFTTrainer) -> dict[str, Any]:
+    """The training arguments as the trainer will really use them (a library may have changed some)."""
+    return {name: _plain(getattr(trainer.args, name, None)) for name in RECORDED_ARGS}
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
