@@ -65,7 +65,15 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
     return build(values)
 
 
-def build_cli(backend: Backend) -> click.Command:
+def run_pipeline(cfg: TrainConfig, backend: Backend) -> int:
+    """Train with the shared pipeline, after the backend's import hook."""
+    backend.before_heavy_imports()
+    from llama_lora.pipeline import run  # heavy: torch, transformers, trl
+
+    return run(cfg, backend)
+
+
+def build_cli(backend: Backend, run: Callable[[TrainConfig, Backend], int] = run_pipeline) -> click.Command:
     """The click command for one backend; every backend gets the same options and help."""
 
     def main(config_file: Path | None, **flags: Any) -> None:
@@ -74,9 +82,6 @@ def build_cli(backend: Backend) -> click.Command:
             cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
-        backend.before_heavy_imports()
-        from llama_lora.pipeline import run  # heavy: torch, transformers, trl
-
         sys.exit(run(cfg, backend))
 
     for name in reversed(list(CONFIG_FIELDS)):

@@ -1,0 +1,49 @@
+"""Shared fixtures: the embedded SmolLM2 model (converted once into the user cache) and tiny datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def dialogue(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    from llama_lora.assets import smollm2_dir
+
+    return str(smollm2_dir())
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A folder with 16 training and 4 eval dialogues in the bundled data's shape."""
+    rows = [
+        dialogue(f"What is {a} times 3?",
+                 f"Multiplying by 3 means adding three copies.\n1. {a} + {a} = {2 * a}.\n"
+                 f"2. {2 * a} + {a} = {3 * a}.\nQuick check: What is {a + 1} times 3?")
+        for a in range(2, 22)
+    ]
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows[4:])
+    write_jsonl(folder / "eval.jsonl", rows[:4])
+    return folder

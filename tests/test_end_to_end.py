@@ -1,0 +1,119 @@
+"""Each entry script, run as a user runs it, trains a few steps and writes a self-describing run folder
+whose adapter loads in plain PEFT. Both scripts run once per session (in their own processes: Unsloth
+patches libraries on import) and the tests read their folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = {"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetuning.py"}
+EXPECTED_FILES = {
+    "adapter_config.json", "adapter_model.safetensors", "README.md",
+    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png",
+}
+STEPS = 3
+
+
+def train(backend: str, dataset: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, SCRIPTS[backend], "--dataset", str(dataset), "--output-dir", str(output_dir),
+               "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "2", "--learning-rate", "1e-3",
+               "--r", "8", *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, smollm2_path) -> dict[str, Path]:
+    """Train both backends on the same tiny dataset; return their run folders."""
+    root = tmp_path_factory.mktemp("runs")
+    from conftest import dialogue, write_jsonl
+
+    dataset = root / "data"
+    dataset.mkdir()
+    rows = [dialogue(f"What is {a} times 3?", f"Add three copies.\n1. {a} + {a} = {2 * a}.\n2. {2 * a} + {a} = "
+                     f"{3 * a}.\nQuick check: What is {a + 1} times 3?") for a in range(2, 22)]
+    write_jsonl(dataset / "train.jsonl", rows[4:])
+    write_jsonl(dataset / "eval.jsonl", rows[:4])
+    folders = {}
+    for backend in SCRIPTS:
+        result = train(backend, dataset, root / backend)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        folders[backend] = root / backend
+    return folders
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_run_folder_holds_exactly_the_documented_files(runs, backend):
+    assert {p.name for p in runs[backend].iterdir()} == EXPECTED_FILES
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_metrics_record_the_run_with_sane_values(runs, backend):
+    m = json.loads((runs[backend] / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["backend"] == backend
+    assert m["model"]["name"] == "smollm2" and m["load_in_4bit"] is False
+    assert m["device"]["type"] == "cpu" and m["device"]["name"]
+    assert m["libraries"]["torch"] and m["libraries"]["trl"] == "1.15.0"
+    assert 0 < m["parameters"]["trainable"] < m["parameters"]["total"]
+    assert m["memory"]["after_load"]["cpu_peak_rss_gb"] > 0.2
+    assert m["memory"]["after_training"]["cpu_peak_rss_gb"] >= m["memory"]["after_load"]["cpu_peak_rss_gb"]
+    assert m["steps"] == STEPS and [h["step"] for h in m["loss_history"]] == [1, 2, 3]
+    assert all(0 < h["loss"] < 20 and math.isfinite(h["loss"]) for h in m["loss_history"])
+    # the trainer's own non-padding token counter, as logged at the last step
+    assert m["tokens"]["non_padding_seen"] == m["loss_history"][-1]["tokens_seen"] > 0
+    assert m["tokens"]["per_second"] > 0 and m["runtime_s"]["train"] > 0
+    assert m["eval_loss"]["after"] < m["eval_loss"]["before"]
+    assert m["training_args"]["max_length"] == 2048 and m["training_args"]["padding_free"] is False
+    assert len(m["data"]["hash"]) == 64 and m["data"]["train"]["rows"] == 16
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_step_log_has_one_line_per_optimizer_step(runs, backend):
+    lines = (runs[backend] / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_both_backends_train_on_identical_tokens_with_the_same_settings(runs):
+    peft, unsloth = (json.loads((runs[b] / "metrics.json").read_text()) for b in ("peft", "unsloth"))
+    assert peft["data"]["hash"] == unsloth["data"]["hash"]
+    assert peft["training_args"] == unsloth["training_args"]
+    assert peft["parameters"] == unsloth["parameters"]
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_adapter_loads_in_plain_peft_and_changes_the_logits(runs, backend, smollm2_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(runs[backend])
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is 5 times 3?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    with torch.no_grad():
+        before = base(**inputs).logits
+        tuned = PeftModel.from_pretrained(base, runs[backend])
+        after = tuned(**inputs).logits
+    assert (after - before).abs().max().item() > 1e-3
+
+
+def test_bad_dataset_exits_2_naming_the_line_and_writes_nothing(tmp_path, smollm2_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "student", "content": "hi"}, {"role": "teacher", "content": "yo"}]}\n'
+                   '{"messages": [{"role": "student", "content": "hi"}, {"role": "teacher"}]}\n')
+    result = train("peft", bad, tmp_path / "out")
+    assert result.returncode == 2
+    assert "bad.jsonl:2: field 'messages[1].content'" in result.stderr
+    assert list(tmp_path.iterdir()) == [bad]
