@@ -58,9 +58,10 @@ def run(cfg: TrainConfig, backend: Backend) -> int:
 
 def _run(cfg: TrainConfig, backend: Backend) -> int:
     started = time.perf_counter()
-    if cfg.model == EMBEDDED_MODEL and not torch.cuda.is_available():
-        print("No CUDA GPU found: training the embedded SmolLM2-135M-Instruct on CPU "
-              "(pass --model to choose another model).")
+    if not torch.cuda.is_available():
+        steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
+        model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
+        print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
     set_seed(cfg.seed)
     path = model_path(cfg.model)
     tokenizer = load_tokenizer(path)

@@ -52,6 +52,12 @@ def test_cpu_machine_defaults_to_embedded_smollm2_in_16bit():
     assert resolve(TrainConfig(), "unsloth", Machine(cuda=False, cpu_bf16=True)).dtype == "bfloat16"
 
 
+def test_cpu_machine_defaults_to_a_short_demo_run_and_gpu_to_full_epochs():
+    assert resolve(TrainConfig(), "peft", CPU).max_steps == 10
+    assert resolve(TrainConfig(), "peft", GPU).max_steps == -1
+    assert resolve(build({"max_steps": -1}), "peft", CPU).max_steps == -1
+
+
 def test_output_dir_defaults_to_one_folder_per_backend():
     assert resolve(TrainConfig(), "peft", CPU).output_dir == "llama-3.1-lora-finetuned/peft"
     assert resolve(TrainConfig(), "unsloth", CPU).output_dir == "llama-3.1-lora-finetuned/unsloth"
