@@ -32,7 +32,8 @@ def plot_loss(history: list[dict[str, Any]], eval_loss: dict[str, float | None],
     points = [(0, eval_loss.get("before")), (last_step, eval_loss.get("after"))]
     points = [(x, y) for x, y in points if y is not None]
     if points:
-        ax.plot(*zip(*points), "o--", color="tab:orange", label="eval loss", markersize=7)
+        # markers only: eval is measured before and after training, nothing in between
+        ax.plot(*zip(*points), "o", color="tab:orange", label="eval loss (before / after)", markersize=7)
         for x, y in points:
             ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xlabel("optimizer step")

@@ -109,6 +109,15 @@ def test_adapter_loads_in_plain_peft_and_changes_the_logits(runs, backend, smoll
     assert (after - before).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_qlora_4bit_trains_on_cpu_through_bitsandbytes(backend, tmp_path, tiny_dataset):
+    result = train(backend, tiny_dataset, tmp_path / "qlora", "--load-in-4bit", "--max-steps", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    m = json.loads((tmp_path / "qlora" / "metrics.json").read_text())
+    assert m["load_in_4bit"] is True and m["steps"] == 1
+    assert math.isfinite(m["loss_history"][0]["loss"])
+
+
 def test_bad_dataset_exits_2_naming_the_line_and_writes_nothing(tmp_path, smollm2_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "student", "content": "hi"}, {"role": "teacher", "content": "yo"}]}\n'
