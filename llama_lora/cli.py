@@ -46,6 +46,8 @@ def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     else:
         decls = [_flag(name)]
     kind = {int: int, float: float}.get(type(spec.default) if spec.default is not None else auto_type(name), str)
+    if spec.metadata["choices"]:
+        kind = click.Choice(spec.metadata["choices"])
     return click.option(
         *decls,
         name,
@@ -65,27 +67,32 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
     return build(values)
 
 
-def run_pipeline(cfg: TrainConfig, backend: Backend) -> int:
+def run_pipeline(cfg: TrainConfig, backend: Backend, dry_run: bool = False) -> int:
     """Train with the shared pipeline, after the backend's import hook."""
     backend.before_heavy_imports()
     from llama_lora.pipeline import run  # heavy: torch, transformers, trl
 
-    return run(cfg, backend)
+    return run(cfg, backend, dry_run=dry_run)
 
 
-def build_cli(backend: Backend, run: Callable[[TrainConfig, Backend], int] = run_pipeline) -> click.Command:
+def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click.Command:
     """The click command for one backend; every backend gets the same options and help."""
 
-    def main(config_file: Path | None, **flags: Any) -> None:
+    def main(config_file: Path | None, dry_run: bool, **flags: Any) -> None:
         ctx = click.get_current_context()
         try:
             cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
-        sys.exit(run(cfg, backend))
+        sys.exit(run(cfg, backend, dry_run=dry_run))
 
     for name in reversed(list(CONFIG_FIELDS)):
         main = _option(name)(main)
+    main = click.option(
+        "--dry-run", is_flag=True,
+        help="Read, format and audit the data, show one rendered example with its trained part marked, and "
+             "exit without loading model weights or writing anything.",
+    )(main)
     main = click.option(
         "--config",
         "config_file",

@@ -28,11 +28,14 @@ MODEL_ALIASES = {
 GPU_DEFAULT_MODEL = "llama-3.1-8b-instruct"
 CPU_DEMO_STEPS = 10
 DTYPES = ("bfloat16", "float16", "float32")
+DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "classification", "text")
+LOSS_ON = ("assistant", "last-assistant", "all")
+OVERLENGTH = ("drop", "truncate", "error")
 
 
-def _opt(default: Any, help: str, auto: str | None = None) -> Any:
+def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its help text; `auto` documents what a None default resolves to."""
-    return field(default=default, metadata={"help": help, "auto": auto})
+    return field(default=default, metadata={"help": help, "auto": auto, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,34 @@ class TrainConfig:
     )
     dataset: str = _opt(
         BUNDLED_DATASET,
-        "A .jsonl file of dialogues, or a folder with train.jsonl (and optionally eval.jsonl). "
+        "A .jsonl/.json/.csv/.parquet file; a folder with train.<ext> (and eval/validation/test.<ext>), "
+        "saved with datasets' save_to_disk, or in hub layout; or a Hugging Face hub dataset name. "
         "Relative paths are tried from the working directory, then from the repository.",
+    )
+    dataset_split: str = _opt("train", "Split of the dataset to train on.")
+    eval_dataset: str | None = _opt(
+        None, "Evaluate on this dataset (any source --dataset takes; its eval/validation/test split).",
+        auto="the dataset's own eval/validation/test split, else --eval-fraction of the training rows",
+    )
+    format: str = _opt(
+        "auto", "Row format; auto detects it from the fields of the first row.", choices=("auto", *DATA_FORMATS)
+    )
+    role_map: str = _opt(
+        "", "Extra role names as name=role pairs, e.g. 'bot=assistant,customer=user' (YAML: a mapping). "
+        "Built in: teacher, gpt, model -> assistant; student, human -> user.",
+    )
+    loss_on: str = _opt(
+        "assistant", "Tokens that count in the loss: every assistant turn, the last one only, or all tokens. "
+        "Assistant turns include their end-of-turn token. Plain text always trains on all tokens.",
+        choices=LOSS_ON,
+    )
+    overlength: str = _opt(
+        "drop", "Rows longer than --max-seq-length: drop them (counted in the audit), truncate them, or stop "
+        "with an error naming the first one.", choices=OVERLENGTH,
+    )
+    data_workers: int | None = _opt(
+        None, "Processes that render and tokenize the data (1: in this process).",
+        auto="1 below 20,000 rows or on 2 cores, else min(cores, 8)",
     )
     r: int = _opt(16, "LoRA rank.")
     lora_alpha: int | None = _opt(None, "LoRA scaling numerator (the update is scaled by alpha/r).", auto="2 x r")
@@ -67,7 +96,7 @@ class TrainConfig:
         None, "Compute dtype: " + ", ".join(DTYPES) + ".",
         auto="bfloat16 where the GPU/CPU has native bf16, else float16 on GPU / float32 on CPU",
     )
-    max_seq_length: int = _opt(2048, "Tokens per example; longer dialogues are truncated.")
+    max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.")
     batch_size: int = _opt(4, "Examples per device per forward pass.")
     grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).")
     learning_rate: float = _opt(2e-4, "Peak learning rate.")
@@ -123,6 +152,8 @@ def coerce(name: str, value: Any) -> Any:
     """Convert a YAML or CLI value to the field's type, or raise a ConfigError naming the field."""
     if value is None:
         return None
+    if name == "role_map" and isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
     if name == "target_modules":
         items = value.split(",") if isinstance(value, str) else list(value)
         modules = tuple(str(item).strip() for item in items if str(item).strip())
@@ -141,7 +172,7 @@ def coerce(name: str, value: Any) -> Any:
 
 def auto_type(name: str) -> type:
     """Type of a field whose default is None ("auto")."""
-    return {"lora_alpha": int, "load_in_4bit": bool, "max_steps": int}.get(name, str)
+    return {"lora_alpha": int, "load_in_4bit": bool, "max_steps": int, "data_workers": int}.get(name, str)
 
 
 def build(values: dict[str, Any]) -> TrainConfig:
@@ -216,10 +247,16 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.epochs > 0 or cfg.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
         (cfg.max_steps == -1 or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
         (0.0 <= cfg.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)"),
+        (cfg.data_workers is None or cfg.data_workers > 0, "--data-workers must be positive"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for name, spec in CONFIG_FIELDS.items():
+        choices = spec.metadata["choices"]
+        if choices and getattr(cfg, name) not in choices:
+            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                              f"got {getattr(cfg, name)!r}")
 
 
 def to_record(cfg: TrainConfig) -> dict[str, Any]:

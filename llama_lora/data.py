@@ -1,114 +1,187 @@
-"""Dialogue data: read JSONL, map roles, render through the chat template, and mask the loss.
+"""From a dataset name to token ids and loss labels, the same for both backends.
 
-Only assistant (teacher) turns are trained on, each including its end-of-turn token so the model learns
-to stop. Masks come from rendering conversation prefixes with the tokenizer's own chat template, so they
-work for any template (TRL's `assistant_only_loss` needs `{% generation %}` markers Llama 3.1's lacks).
+Conversations are rendered with the tokenizer's own chat template, and the label mask comes from rendering
+conversation prefixes: the text between the end of an assistant header (the generation prompt) and the end
+of that turn is the assistant's, end-of-turn token included, so the model learns to stop. This works for any
+template (TRL's `assistant_only_loss` needs `{% generation %}` markers that Llama 3.1's template lacks).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import multiprocessing
+import os
 import random
-from dataclasses import dataclass
-from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from llama_lora.config import REPO_ROOT
+from tqdm import tqdm
+
+from llama_lora.config import TrainConfig
+from llama_lora.errors import DataError
+from llama_lora.formats import Example, class_labels, detect_format, parse_role_map, to_examples
+from llama_lora.sources import Rows, eval_split, pick_split, read_splits
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
-# The bundled data speaks of teachers and students; chat templates know assistants and users.
-DEFAULT_ROLE_MAP = {"teacher": "assistant", "student": "user", "assistant": "assistant", "user": "user",
-                    "system": "system"}
-
-Message = dict[str, str]
-
-
-class DataError(ValueError):
-    """Unusable input data; the message names the file, line, field and what was expected."""
+# Below this many rows (a few seconds of work) worker processes are not worth starting.
+PARALLEL_MIN_ROWS = 20_000
+CHUNK_ROWS = 1000
+DROP_OVERLENGTH = "longer than --max-seq-length (--overlength drop)"
+DROP_UNSUPERVISED = "no supervised token left"
 
 
-@dataclass(frozen=True)
-class DataSplits:
-    """Conversations for training and evaluation, and where each came from."""
+@dataclass
+class Split:
+    """A tokenized split: the rows kept for training, and what happened to the others."""
 
-    train: list[list[Message]]
-    eval: list[list[Message]]
-    train_source: str
-    eval_source: str  # a file, "held out from <file>", or "none"
-
-
-def resolve_dataset_path(dataset: str) -> Path:
-    """The dataset path as given, else relative to the repository (so the bundled data works from any cwd)."""
-    given = Path(dataset).expanduser()
-    if given.exists() or given.is_absolute():
-        return given
-    bundled = REPO_ROOT / given
-    return bundled if bundled.exists() else given
+    source: str
+    rows: list[dict[str, Any]]  # where, input_ids, labels, length and supervised (before truncation)
+    read: int
+    lengths: list[int] = field(default_factory=list)  # tokens of every row read, before truncation
+    over_length: list[dict[str, Any]] = field(default_factory=list)  # every row longer than the limit
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> wheres
 
 
-def read_dialogues(path: Path) -> list[list[Message]]:
-    """Read a JSONL file with one {"messages": [{"role", "content"}, ...]} object per line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    conversations = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
-        conversations.append(parse_messages(row, f"{path}:{line_no}"))
-    if not conversations:
-        raise DataError(f"{path}: empty file, expected one JSON object per line")
-    return conversations
+@dataclass
+class Prepared:
+    """Everything the run needs from the data, and what the audit reports about it."""
+
+    format: str
+    train: Split
+    eval: Split | None
+    labels: list[str] | None  # classification label set
+    examples: dict[str, list[Example]]  # the formatted examples, for the dry-run preview
 
 
-def parse_messages(row: Any, where: str, role_map: dict[str, str] = DEFAULT_ROLE_MAP) -> list[Message]:
-    """Validate one row and return its messages with roles mapped to system/user/assistant."""
-    if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-        raise DataError(f"{where}: field 'messages': expected a list of {{role, content}} objects")
-    messages = []
-    for i, message in enumerate(row["messages"]):
-        field = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise DataError(f"{where}: field '{field}': expected an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in role_map:
-            raise DataError(f"{where}: field '{field}.role': unknown role {role!r}, expected one of "
-                            f"{', '.join(sorted(role_map))}")
-        if not isinstance(content, str) or not content.strip():
-            raise DataError(f"{where}: field '{field}.content': expected a non-empty string")
-        messages.append({"role": role_map[role], "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: field 'messages': no assistant/teacher turn, so nothing to learn from")
-    return messages
+def load_examples(cfg: TrainConfig) -> tuple[str, dict[str, list[Example]], dict[str, str], list[str] | None]:
+    """Read and format the train and eval splits: (format, examples, sources, labels)."""
+    role_map = parse_role_map(cfg.role_map)
+    splits = read_splits(cfg.dataset)
+    train = pick_split(splits, cfg.dataset_split, cfg.dataset)
+    if cfg.eval_dataset:
+        other = read_splits(cfg.eval_dataset)
+        held = eval_split(other, "") or (other["train"] if len(other) == 1 else None)
+        if held is None:
+            raise DataError(f"{cfg.eval_dataset}: --eval-dataset has splits {', '.join(other)}; "
+                            "expected one of them to be called eval, validation or test")
+    else:
+        held = eval_split(splits, cfg.dataset_split)
+    fmt = detect_format(train) if cfg.format == "auto" else cfg.format
+    labels = class_labels(train) if fmt == "classification" else None
+    train_examples = to_examples(train, fmt, role_map, labels)
+    sources = {"train": train.source}
+    if held is not None:
+        examples = {"train": train_examples, "eval": to_examples(held, fmt, role_map, labels)}
+        sources["eval"] = held.source
+    else:
+        examples = _hold_out(train_examples, cfg.eval_fraction, cfg.seed)
+        sources["eval"] = f"{len(examples['eval'])} rows held out from {train.source} (seed {cfg.seed})" \
+            if examples["eval"] else "none"
+    return fmt, examples, sources, labels
 
 
-def load_splits(dataset: str, eval_fraction: float, seed: int) -> DataSplits:
-    """Train and eval conversations: a folder's own eval.jsonl if present, else a seeded held-out share."""
-    path = resolve_dataset_path(dataset)
-    train_file = path / "train.jsonl" if path.is_dir() else path
-    train = read_dialogues(train_file)
-    eval_file = path / "eval.jsonl" if path.is_dir() else None
-    if eval_file is not None and eval_file.exists():
-        return DataSplits(train, read_dialogues(eval_file), str(train_file), str(eval_file))
-    n_eval = round(len(train) * eval_fraction)
-    if n_eval == 0:
-        return DataSplits(train, [], str(train_file), "none")
-    order = list(range(len(train)))
+def _hold_out(examples: list[Example], fraction: float, seed: int) -> dict[str, list[Example]]:
+    """A seeded share of the training rows set aside for evaluation."""
+    n_eval = round(len(examples) * fraction)
+    order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    held_out = set(order[:n_eval])
-    return DataSplits(
-        [c for i, c in enumerate(train) if i not in held_out],
-        [c for i, c in enumerate(train) if i in held_out],
-        str(train_file),
-        f"{n_eval} rows held out from {train_file} (seed {seed})",
-    )
+    held = set(order[:n_eval])
+    return {"train": [e for i, e in enumerate(examples) if i not in held],
+            "eval": [e for i, e in enumerate(examples) if i in held]}
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
+    """Read, format, tokenize and mask both splits, applying the over-length policy."""
+    fmt, examples, sources, labels = load_examples(cfg)
+    if fmt != "text" and not tokenizer.chat_template:
+        raise DataError(f"{cfg.model}: the tokenizer has no chat template and is not a Llama 3 tokenizer, so "
+                        f"{fmt} rows cannot be rendered; use a model that ships a template, or --format text")
+    loss_on = "all" if fmt == "text" else cfg.loss_on
+    splits = {}
+    for name, split_examples in examples.items():
+        if not split_examples:
+            splits[name] = None
+            continue
+        rows = tokenize_examples(tokenizer, split_examples, loss_on, cfg.data_workers)
+        splits[name] = apply_length_policy(rows, cfg.max_seq_length, cfg.overlength, sources[name])
+    if not splits["train"].rows:
+        reasons = "; ".join(f"{len(w)} {reason}" for reason, w in splits["train"].dropped.items())
+        raise DataError(f"{sources['train']}: no training row left ({reasons}). Raise --max-seq-length "
+                        "or use --overlength truncate")
+    return Prepared(fmt, splits["train"], splits["eval"], labels, examples)
+
+
+def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str,
+                      workers: int | None = None) -> list[dict[str, Any]]:
+    """Full-length input_ids and labels for every example, over worker processes when it pays.
+
+    In one process the Rust tokenizer already encodes a batch on every core; what stays serial is the
+    Python part (template rendering, label masks: about half the time). Worker processes split that part.
+    A plain process pool, not `datasets.map(num_proc=...)`: the latter's Arrow round trip cost more than
+    it saved (benchmarks/results/data_throughput.md).
+    """
+    workers = workers if workers is not None else default_workers(len(examples))
+    chunks = [examples[i:i + CHUNK_ROWS] for i in range(0, len(examples), CHUNK_ROWS)]
+    progress = {"total": len(chunks), "desc": f"Tokenizing {len(examples):,} rows", "unit": "chunk",
+                "disable": len(chunks) < 5}
+    if workers <= 1:
+        return [row for chunk in tqdm(chunks, **progress) for row in _tokenize_batch(tokenizer, chunk, loss_on)]
+    # fork: the workers inherit the tokenizer instead of unpickling it; each encodes single-threaded.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_set_worker_state, initargs=(tokenizer, loss_on)) as pool:
+        return [row for part in tqdm(pool.map(_tokenize_in_worker, chunks), **progress) for row in part]
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _set_worker_state(tokenizer: Any, loss_on: str) -> None:
+    _worker_state.update(tokenizer=tokenizer, loss_on=loss_on)
+
+
+def _tokenize_in_worker(chunk: list[Example]) -> list[dict[str, Any]]:
+    return _tokenize_batch(_worker_state["tokenizer"], chunk, _worker_state["loss_on"])
+
+
+def default_workers(n_rows: int) -> int:
+    """One process for small data or two cores (measured: no gain); else up to 8 workers."""
+    cores = os.cpu_count() or 1
+    return min(cores, 8) if n_rows >= PARALLEL_MIN_ROWS and cores > 2 else 1
+
+
+def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> list[dict[str, Any]]:
+    """Render, tokenize (one batched call) and label a list of examples."""
+    texts, spans = [], []
+    for example in examples:
+        if example.text is not None:
+            texts.append(example.text)
+            spans.append(None)
+        else:
+            text, assistant = assistant_char_spans(tokenizer, example.messages)
+            texts.append(text)
+            spans.append(assistant[-1:] if loss_on == "last-assistant" else assistant)
+    plain = [i for i, s in enumerate(spans) if s is None]
+    chat = [i for i, s in enumerate(spans) if s is not None]
+    ids: list[list[int]] = [[] for _ in examples]
+    labels: list[list[int]] = [[] for _ in examples]
+    if plain:  # continued pre-training: the tokenizer's own BOS, the text, EOS; every token counts
+        encoded = tokenizer([texts[i] for i in plain], add_special_tokens=True)["input_ids"]
+        for i, token_ids in zip(plain, encoded):
+            ids[i] = token_ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+            labels[i] = list(ids[i])
+    if chat:
+        # The Rust tokenizer directly: transformers' wrapper spends longer converting offsets than encoding.
+        encodings = tokenizer.backend_tokenizer.encode_batch([texts[i] for i in chat], add_special_tokens=False)
+        for i, encoding in zip(chat, encodings):
+            ids[i] = encoding.ids
+            labels[i] = list(ids[i]) if loss_on == "all" else label_tokens(ids[i], encoding.offsets, spans[i])
+    return [{"where": e.where, "input_ids": i, "labels": lab} for e, i, lab in zip(examples, ids, labels)]
+
+
+def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation and return (text, [start, end) character spans of each assistant turn).
 
     A span runs from the end of the assistant header (the generation prompt) to the end of the turn as the
@@ -120,35 +193,52 @@ def assistant_char_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, 
         if message["role"] != "assistant":
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        through = text if i == len(messages) - 1 else tokenizer.apply_chat_template(messages[: i + 1],
+                                                                                    tokenize=False)
         if not (through.startswith(before) and text.startswith(through)):
             raise DataError("the chat template does not render conversations prefix by prefix; "
                             "cannot locate assistant turns to mask")
-        end = len(through.rstrip())
-        spans.append((len(before), end))
+        spans.append((len(before), len(through.rstrip())))
     return text, spans
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[Message], max_length: int) -> dict[str, Any]:
-    """input_ids and labels (IGNORE_INDEX outside assistant turns), truncated to max_length."""
-    text, spans = assistant_char_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [
-        token_id if any(start < span_end and end > span_start for span_start, span_end in spans) else IGNORE_INDEX
-        for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"])
-    ]
-    length = len(encoded["input_ids"])
-    return {
-        "input_ids": encoded["input_ids"][:max_length],
-        "labels": labels[:max_length],
-        "truncated": length > max_length,
-        "lost_supervised_tokens": sum(label != IGNORE_INDEX for label in labels[max_length:]),
-    }
+def label_tokens(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """The token id where a token overlaps an assistant span, IGNORE_INDEX elsewhere."""
+    labels = [IGNORE_INDEX] * len(token_ids)
+    starts = [start for start, _ in offsets]
+    ends = [end for _, end in offsets]
+    for span_start, span_end in spans:
+        # Token offsets grow monotonically, so the tokens overlapping a span are one contiguous slice.
+        first, stop = bisect.bisect_right(ends, span_start), bisect.bisect_left(starts, span_end)
+        labels[first:stop] = token_ids[first:stop]
+    return labels
 
 
-def tokenize_all(tokenizer: Any, conversations: Iterable[list[Message]], max_length: int) -> list[dict[str, Any]]:
-    """Tokenize every conversation (the bundled data takes about a second; issue #3 adds parallelism)."""
-    return [tokenize_conversation(tokenizer, messages, max_length) for messages in conversations]
+def apply_length_policy(rows: list[dict[str, Any]], max_length: int, policy: str, source: str) -> Split:
+    """Drop, truncate or reject over-length rows, then drop rows with nothing left to learn."""
+    split = Split(source, [], read=len(rows))
+    for row in rows:
+        length = len(row["input_ids"])
+        split.lengths.append(length)
+        row["length"] = length
+        row["supervised"] = sum(label != IGNORE_INDEX for label in row["labels"])
+        row["lost_supervised"] = sum(label != IGNORE_INDEX for label in row["labels"][max_length:])
+        if length > max_length:
+            split.over_length.append({"where": row["where"], "tokens": length,
+                                      "lost_supervised": row["lost_supervised"]})
+            if policy == "error":
+                raise DataError(f"{row['where']}: {length} tokens, over --max-seq-length {max_length} "
+                                f"(--overlength error); raise the limit or choose --overlength drop|truncate")
+            if policy == "drop":
+                split.dropped.setdefault(DROP_OVERLENGTH, []).append(row["where"])
+                continue
+            row["input_ids"], row["labels"] = row["input_ids"][:max_length], row["labels"][:max_length]
+        # The first token is never a target (labels shift by one), so it cannot count as supervision.
+        if all(label == IGNORE_INDEX for label in row["labels"][1:]):
+            split.dropped.setdefault(DROP_UNSUPERVISED, []).append(row["where"])
+            continue
+        split.rows.append(row)
+    return split
 
 
 def data_hash(rows: Iterable[dict[str, Any]]) -> str:
@@ -157,17 +247,3 @@ def data_hash(rows: Iterable[dict[str, Any]]) -> str:
     for row in rows:
         digest.update(json.dumps([row["input_ids"], row["labels"]], separators=(",", ":")).encode())
     return digest.hexdigest()
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts the run record keeps about a tokenized split."""
-    tokens = sum(len(row["input_ids"]) for row in rows)
-    supervised = sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows)
-    return {
-        "rows": len(rows),
-        "tokens": tokens,
-        "supervised_tokens": supervised,
-        "truncated_rows": sum(row["truncated"] for row in rows),
-        "lost_supervised_tokens": sum(row["lost_supervised_tokens"] for row in rows),
-        "max_row_tokens": max((len(row["input_ids"]) for row in rows), default=0),
-    }

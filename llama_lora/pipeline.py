@@ -18,9 +18,12 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from llama_lora import assets, measure
+from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
+from llama_lora.chat_template import ensure_chat_template
 from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, TrainConfig, save_yaml, to_record
-from llama_lora.data import DataError, data_hash, load_splits, summarize, tokenize_all
+from llama_lora.data import prepare
+from llama_lora.errors import DataError
 from llama_lora.records import plot_loss, write_json
 from llama_lora.training import StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
@@ -34,45 +37,52 @@ def model_path(model: str) -> str:
     return MODEL_ALIASES.get(model, model)
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer the data is formatted with: the same object for both backends, whatever they load."""
+def load_tokenizer(path: str) -> tuple[Any, str]:
+    """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        raise DataError(f"{path}: the tokenizer has no chat template, so dialogues cannot be formatted")
+    template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.
         reserved = "<|finetune_right_pad_id|>"
         tokenizer.pad_token = reserved if reserved in tokenizer.get_vocab() else tokenizer.eos_token
-    return tokenizer
+    return tokenizer, template
 
 
-def run(cfg: TrainConfig, backend: Backend) -> int:
-    """Train, evaluate and save one adapter; returns the process exit status."""
+def run(cfg: TrainConfig, backend: Backend, dry_run: bool = False) -> int:
+    """Train, evaluate and save one adapter (or, for a dry run, only audit the data); returns the exit status."""
     try:
-        return _run(cfg, backend)
+        return _run(cfg, backend, dry_run)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _run(cfg: TrainConfig, backend: Backend) -> int:
+def _run(cfg: TrainConfig, backend: Backend, dry_run: bool) -> int:
     started = time.perf_counter()
+    set_seed(cfg.seed)
+    path = model_path(cfg.model)
+    tokenizer, template = load_tokenizer(path)
+    prepared = prepare(cfg, tokenizer)
+    audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
+    print_audit(audit)
+    if dry_run:
+        example = prepared.train.rows[0]
+        print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
+        print(render_marked(tokenizer, example))
+        print("\nDry run: no model weights loaded, nothing written.")
+        return 0
     if not torch.cuda.is_available():
         steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
         model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
         print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
-    set_seed(cfg.seed)
-    path = model_path(cfg.model)
-    tokenizer = load_tokenizer(path)
-    splits = load_splits(cfg.dataset, cfg.eval_fraction, cfg.seed)
-    train_rows = tokenize_all(tokenizer, splits.train, cfg.max_seq_length)
-    eval_rows = tokenize_all(tokenizer, splits.eval, cfg.max_seq_length)
+    train_rows = prepared.train.rows
+    eval_rows = prepared.eval.rows if prepared.eval else []
     data_record = {
-        "train_source": splits.train_source,
-        "eval_source": splits.eval_source,
-        "train": summarize(train_rows),
-        "eval": summarize(eval_rows),
-        "hash": data_hash(train_rows + eval_rows),
+        "format": audit["format"],
+        "hash": audit["hash"],
+        "labels": audit["labels"],
+        **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
+                  "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
 
     output_dir = Path(cfg.output_dir)
@@ -82,6 +92,7 @@ def _run(cfg: TrainConfig, backend: Backend) -> int:
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a finished run folder should read like any other
     try:
+        write_json(staging / "audit.json", audit)
         metrics = _train(cfg, backend, path, tokenizer, train_rows, eval_rows, staging)
         metrics["data"] = data_record
         metrics["runtime_s"]["total"] = round(time.perf_counter() - started, 2)

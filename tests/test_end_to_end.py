@@ -21,7 +21,7 @@ SCRIPTS = {"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetunin
 EXPECTED_FILES = {
     "adapter_config.json", "adapter_model.safetensors", "README.md",
     "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png",
+    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json",
 }
 STEPS = 3
 
@@ -77,6 +77,9 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
     assert m["eval_loss"]["after"] < m["eval_loss"]["before"]
     assert m["training_args"]["max_length"] == 2048 and m["training_args"]["padding_free"] is False
     assert len(m["data"]["hash"]) == 64 and m["data"]["train"]["rows"] == 16
+    audit = json.loads((runs[backend] / "audit.json").read_text())
+    assert audit["hash"] == m["data"]["hash"] and audit["format"] == "messages"
+    assert audit["splits"]["eval"]["rows_kept"] == 4
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)

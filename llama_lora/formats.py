@@ -1,0 +1,185 @@
+"""Turn raw rows of any common dataset format into conversations (or plain text) the trainer can use.
+
+Formats, detected from a row's fields (`--format` overrides):
+
+| format              | fields                                                   | becomes                           |
+|---------------------|----------------------------------------------------------|-----------------------------------|
+| `messages`          | messages: [{role, content}]  (OpenAI)                     | the conversation                  |
+| `sharegpt`          | conversations: [{from, value}]                            | the conversation                  |
+| `alpaca`            | instruction, input (optional), output                     | user: instruction+input, assistant: output |
+| `prompt-completion` | prompt, completion (strings, or lists of messages)        | user: prompt, assistant: completion |
+| `classification`    | text, label                                               | user: instruction listing the labels, assistant: label |
+| `text`              | text                                                      | plain text, loss on every token   |
+
+A `system` field, where a format has none of its own, becomes the system prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llama_lora.errors import DataError
+from llama_lora.sources import Rows
+
+Message = dict[str, str]
+CHAT_ROLES = ("system", "user", "assistant")
+# Role names seen in the wild, mapped onto the chat template's three. The bundled data speaks of teachers
+# and students; ShareGPT of humans and gpt; Gemma of the model. `--role-map` adds to or overrides these.
+DEFAULT_ROLE_MAP = {
+    "system": "system", "user": "user", "assistant": "assistant",
+    "teacher": "assistant", "student": "user",
+    "human": "user", "gpt": "assistant", "model": "assistant",
+}
+CLASSIFICATION_PROMPT = "Classify the text. Answer with exactly one of: {labels}.\n\nText: {text}"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a conversation, or plain text for continued pre-training."""
+
+    where: str
+    messages: list[Message] | None = None
+    text: str | None = None
+
+
+def parse_role_map(spec: str | dict[str, str]) -> dict[str, str]:
+    """The default role map updated by "name=role,name=role" (or a YAML mapping)."""
+    pairs = spec.items() if isinstance(spec, dict) else (
+        item.split("=", 1) if "=" in item else (item, "") for item in spec.split(",") if item.strip()
+    )
+    role_map = dict(DEFAULT_ROLE_MAP)
+    for name, role in pairs:
+        name, role = str(name).strip(), str(role).strip()
+        if role not in CHAT_ROLES or not name:
+            raise DataError(f"--role-map: '{name}={role}': expected name=role with role one of "
+                            f"{', '.join(CHAT_ROLES)}")
+        role_map[name] = role
+    return role_map
+
+
+def detect_format(rows: Rows) -> str:
+    """The format of a split, from the fields of its first row."""
+    first, where = rows.records[0], rows.wheres[0]
+    if not isinstance(first, dict):
+        raise DataError(f"{where}: expected an object with named fields, got {type(first).__name__}")
+    fields = set(first)
+    for fmt, needs in (("messages", {"messages"}), ("sharegpt", {"conversations"}),
+                       ("alpaca", {"instruction", "output"}), ("prompt-completion", {"prompt", "completion"}),
+                       ("classification", {"text", "label"}), ("text", {"text"})):
+        if needs <= fields:
+            return fmt
+    raise DataError(
+        f"{where}: cannot tell the format from the fields {sorted(fields)}; expected one of: messages | "
+        "conversations | instruction+output | prompt+completion | text+label | text (or pass --format)"
+    )
+
+
+def class_labels(rows: Rows) -> list[str]:
+    """The sorted label set of a classification split."""
+    return sorted({_label(record, where) for record, where in zip(rows.records, rows.wheres)})
+
+
+def to_examples(rows: Rows, fmt: str, role_map: dict[str, str], labels: list[str] | None = None) -> list[Example]:
+    """Every row of a split as an Example, or a DataError naming the first bad row and field."""
+    convert = {
+        "messages": lambda r, w: _messages(r, w, "messages", "role", "content", role_map),
+        "sharegpt": lambda r, w: _messages(r, w, "conversations", "from", "value", role_map),
+        "alpaca": _alpaca,
+        "prompt-completion": lambda r, w: _prompt_completion(r, w, role_map),
+        "classification": lambda r, w: _classification(r, w, labels or []),
+        "text": lambda r, w: Example(w, text=_string(r, w, "text")),
+    }[fmt]
+    examples = []
+    for record, where in zip(rows.records, rows.wheres):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with named fields, got {type(record).__name__}")
+        example = convert(record, where)
+        if example.messages is not None and not any(m["role"] == "assistant" for m in example.messages):
+            raise DataError(f"{where}: no assistant turn (after the role map), so nothing to learn from")
+        examples.append(example)
+    return examples
+
+
+def _string(record: dict[str, Any], where: str, field: str, optional: bool = False) -> str:
+    value = record.get(field)
+    if optional and value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        got = "missing" if field not in record else f"got {value!r:.40}"
+        raise DataError(f"{where}: field '{field}': expected a non-empty string ({got})")
+    return value
+
+
+def _with_system(record: dict[str, Any], where: str, messages: list[Message]) -> list[Message]:
+    system = _string(record, where, "system", optional=True)
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def _messages(record: dict[str, Any], where: str, field: str, role_key: str, content_key: str,
+              role_map: dict[str, str]) -> Example:
+    turns = record.get(field)
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: field '{field}': expected a non-empty list of "
+                        f"{{{role_key}, {content_key}}} objects")
+    return Example(where, messages=_turns(turns, where, field, role_key, content_key, role_map))
+
+
+def _turns(turns: list[Any], where: str, field: str, role_key: str, content_key: str,
+           role_map: dict[str, str]) -> list[Message]:
+    messages = []
+    for i, turn in enumerate(turns):
+        name = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: field '{name}': expected an object with '{role_key}' and '{content_key}'")
+        role = turn.get(role_key)
+        if role not in role_map:
+            raise DataError(f"{where}: field '{name}.{role_key}': unknown role {role!r}, expected one of "
+                            f"{', '.join(sorted(role_map))} (add names with --role-map name=role)")
+        messages.append({"role": role_map[role], "content": _content(turn, where, f"{name}.{content_key}", content_key)})
+    return messages
+
+
+def _content(turn: dict[str, Any], where: str, name: str, key: str) -> str:
+    value = turn.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{name}': expected a non-empty string")
+    return value
+
+
+def _alpaca(record: dict[str, Any], where: str) -> Example:
+    instruction = _string(record, where, "instruction")
+    extra = _string(record, where, "input", optional=True)
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return Example(where, messages=_with_system(record, where, [
+        {"role": "user", "content": prompt}, {"role": "assistant", "content": _string(record, where, "output")},
+    ]))
+
+
+def _prompt_completion(record: dict[str, Any], where: str, role_map: dict[str, str]) -> Example:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):  # TRL's conversational prompt-completion
+        return Example(where, messages=_turns(prompt, where, "prompt", "role", "content", role_map)
+                       + _turns(completion, where, "completion", "role", "content", role_map))
+    return Example(where, messages=_with_system(record, where, [
+        {"role": "user", "content": _string(record, where, "prompt")},
+        {"role": "assistant", "content": _string(record, where, "completion")},
+    ]))
+
+
+def _label(record: dict[str, Any], where: str) -> str:
+    label = record.get("label") if isinstance(record, dict) else None
+    if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+        got = "missing" if not isinstance(record, dict) or "label" not in record else f"got {label!r:.40}"
+        raise DataError(f"{where}: field 'label': expected a non-empty string or an integer ({got})")
+    return str(label).strip()
+
+
+def _classification(record: dict[str, Any], where: str, labels: list[str]) -> Example:
+    label = _label(record, where)
+    if label not in labels:
+        raise DataError(f"{where}: field 'label': {label!r} is not among the training labels ({', '.join(labels)})")
+    prompt = CLASSIFICATION_PROMPT.format(labels=", ".join(labels), text=_string(record, where, "text"))
+    return Example(where, messages=_with_system(record, where, [
+        {"role": "user", "content": prompt}, {"role": "assistant", "content": label},
+    ]))

@@ -1,0 +1,182 @@
+"""Read raw rows from wherever the data lives: local files, folders, saved datasets, or the Hugging Face hub.
+
+Every row keeps a `where` ("data.jsonl:17", "data.csv:line 4", "org/name[train]: row 12") so that any later
+error can name it. Reading knows nothing of formats; `formats.py` turns rows into conversations.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_lora.config import REPO_ROOT
+from llama_lora.errors import DataError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# Split names a folder, saved dataset or hub dataset may use for its held-out part, in order of preference.
+EVAL_SPLIT_NAMES = ("eval", "validation", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Raw records of one split, each with where it came from."""
+
+    records: list[dict[str, Any]]
+    wheres: list[str]
+    source: str  # a file, "org/name[split]", ...
+
+
+def resolve_path(dataset: str) -> Path:
+    """The path as given, else relative to the repository (so the bundled data works from any directory)."""
+    given = Path(dataset).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    bundled = REPO_ROOT / given
+    return bundled if bundled.exists() else given
+
+
+def read_splits(dataset: str) -> dict[str, Rows]:
+    """Every split a source offers: {"train": Rows} for a file, more for folders and hub datasets."""
+    path = resolve_path(dataset)
+    if path.is_file():
+        return {"train": read_file(path)}
+    if path.is_dir():
+        return _read_folder(path)
+    if path.suffix in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
+        raise DataError(f"{dataset}: no such file or folder")
+    return _read_hub(dataset)
+
+
+def pick_split(splits: dict[str, Rows], name: str, dataset: str) -> Rows:
+    """One split by name, or an error listing the splits there are."""
+    if name not in splits:
+        raise DataError(f"{dataset}: no split named '{name}' (--dataset-split); it has: {', '.join(splits)}")
+    return splits[name]
+
+
+def eval_split(splits: dict[str, Rows], train_split: str) -> Rows | None:
+    """The source's own held-out split, if it has one (never the training split itself)."""
+    for name in EVAL_SPLIT_NAMES:
+        if name in splits and name != train_split:
+            return splits[name]
+    return None
+
+
+def read_file(path: Path) -> Rows:
+    """Rows of one .jsonl, .json, .csv or .parquet file."""
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    if path.suffix not in readers:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}', expected one of {', '.join(readers)}")
+    records, wheres = readers[path.suffix](path)
+    if not records:
+        raise DataError(f"{path}: empty file, expected at least one row")
+    return Rows(records, wheres, str(path))
+
+
+def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
+    records, wheres = [], []
+    with path.open(encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
+            wheres.append(f"{path}:{line_no}")
+    return records, wheres
+
+
+def _read_json(path: Path) -> tuple[list[Any], list[str]]:
+    """A JSON array of rows (or an object holding one under "data"/"rows"); JSON-lines content also works."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # several JSON values: it is JSON lines with a .json name
+            return _read_jsonl(path)
+        raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from err
+    if isinstance(data, dict):
+        data = next((data[key] for key in ("data", "rows", "train") if isinstance(data.get(key), list)), data)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of row objects, got a {type(data).__name__}")
+    return data, [f"{path}: item [{i}]" for i in range(len(data))]
+
+
+def _read_csv(path: Path) -> tuple[list[Any], list[str]]:
+    records, wheres = [], []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for record in reader:
+            if None in record:  # more cells than header columns
+                raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
+                                f"but the header names {len(reader.fieldnames or [])} columns")
+            records.append(record)
+            wheres.append(f"{path}:line {reader.line_num}")
+    return records, wheres
+
+
+def _read_parquet(path: Path) -> tuple[list[Any], list[str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises several unrelated types for a damaged file
+        raise DataError(f"{path}: cannot read as parquet ({err})") from err
+    return records, [f"{path}: row {i}" for i in range(len(records))]
+
+
+def _read_folder(path: Path) -> dict[str, Rows]:
+    """train.<ext> (+ eval/validation/test.<ext>), a `save_to_disk` folder, or a hub-style data folder."""
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        from datasets import load_from_disk
+
+        return _from_datasets(load_from_disk(str(path)), str(path))
+    splits = {}
+    for name in ("train", *EVAL_SPLIT_NAMES):
+        files = [path / f"{name}{suffix}" for suffix in FILE_SUFFIXES if (path / f"{name}{suffix}").exists()]
+        if len(files) > 1:
+            raise DataError(f"{path}: several files for split '{name}' ({', '.join(f.name for f in files)}); keep one")
+        if files:
+            splits[name] = read_file(files[0])
+    if splits:
+        return splits
+    # No train.* file: let datasets' own folder conventions (data/train-*.parquet, ...) find the splits,
+    # exactly as for a dataset downloaded from the hub.
+    return _read_hub(str(path))
+
+
+def _read_hub(name: str) -> dict[str, Rows]:
+    """A dataset through `datasets.load_dataset`: a hub name, or a local folder in hub layout."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as err:  # datasets raises many types (offline, gated, not found, bad config)
+        raise DataError(f"{name}: cannot load with datasets.load_dataset: {type(err).__name__}: {err}") from err
+    return _from_datasets(loaded, name)
+
+
+def _from_datasets(loaded: Any, name: str) -> dict[str, Rows]:
+    """Rows of a Dataset or DatasetDict, with ClassLabel ids turned back into their names."""
+    from datasets import Dataset
+
+    parts = {"train": loaded} if isinstance(loaded, Dataset) else dict(loaded)
+    return {split: _dataset_rows(part, f"{name}[{split}]") for split, part in parts.items()}
+
+
+def _dataset_rows(dataset: Any, source: str) -> Rows:
+    from datasets import ClassLabel
+
+    records = dataset.to_list()
+    for column, feature in dataset.features.items():
+        if isinstance(feature, ClassLabel):
+            for record in records:
+                if record[column] is not None and record[column] >= 0:
+                    record[column] = feature.int2str(record[column])
+    if not records:
+        raise DataError(f"{source}: empty split, expected at least one row")
+    return Rows(records, [f"{source}: row {i}" for i in range(len(records))], source)

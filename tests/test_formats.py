@@ -1,0 +1,134 @@
+"""Every supported row format becomes the same kind of conversation; bad rows name file, row and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_lora.errors import DataError
+from llama_lora.formats import (CLASSIFICATION_PROMPT, DEFAULT_ROLE_MAP, Example, class_labels, detect_format,
+                                parse_role_map, to_examples)
+from llama_lora.sources import Rows
+
+U, A, S = "user", "assistant", "system"
+
+
+def rows(*records: dict) -> Rows:
+    return Rows(list(records), [f"d.jsonl:{i + 1}" for i in range(len(records))], "d.jsonl")
+
+
+def convert(*records: dict, fmt: str | None = None, role_map: dict | None = None) -> list[Example]:
+    split = rows(*records)
+    fmt = fmt or detect_format(split)
+    labels = class_labels(split) if fmt == "classification" else None
+    return to_examples(split, fmt, role_map or DEFAULT_ROLE_MAP, labels)
+
+
+def turns(example: Example) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in example.messages]
+
+
+FORMAT_ROWS = {
+    "messages": {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                              {"role": "assistant", "content": "Hello"}]},
+    "sharegpt": {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
+                                   {"from": "gpt", "value": "Hello"}]},
+    "alpaca": {"instruction": "Hi", "input": "", "output": "Hello", "system": "Be kind."},
+    "prompt-completion": {"prompt": "Hi", "completion": "Hello", "system": "Be kind."},
+}
+
+
+@pytest.mark.parametrize("fmt", FORMAT_ROWS)
+def test_chat_formats_are_detected_and_give_the_same_conversation(fmt: str):
+    split = rows(FORMAT_ROWS[fmt])
+    assert detect_format(split) == fmt
+    assert turns(convert(FORMAT_ROWS[fmt])[0]) == [(S, "Be kind."), (U, "Hi"), (A, "Hello")]
+
+
+def test_alpaca_input_is_appended_to_the_instruction():
+    example = convert({"instruction": "Translate to French.", "input": "cat", "output": "chat"})[0]
+    assert turns(example) == [(U, "Translate to French.\n\ncat"), (A, "chat")]
+
+
+def test_conversational_prompt_completion_keeps_every_turn():
+    example = convert({"prompt": [{"role": "user", "content": "2+2?"}],
+                       "completion": [{"role": "assistant", "content": "4"}]})[0]
+    assert turns(example) == [(U, "2+2?"), (A, "4")]
+
+
+def test_plain_text_is_kept_as_text_for_continued_pretraining():
+    example = convert({"text": "Once upon a time."})[0]
+    assert example.text == "Once upon a time." and example.messages is None
+
+
+def test_classification_becomes_an_instruction_whose_answer_is_the_label():
+    examples = convert({"text": "great film", "label": "positive"}, {"text": "dull", "label": "negative"})
+    assert detect_format(rows({"text": "x", "label": 1})) == "classification"
+    assert turns(examples[1]) == [
+        (U, CLASSIFICATION_PROMPT.format(labels="negative, positive", text="dull")), (A, "negative")]
+
+
+def test_integer_labels_become_label_names():
+    examples = convert({"text": "a", "label": 0}, {"text": "b", "label": 1})
+    assert [turns(e)[-1] for e in examples] == [(A, "0"), (A, "1")]
+
+
+def test_format_override_wins_over_detection():
+    # A row with text and label trains as plain text when asked to.
+    example = convert({"text": "great film", "label": "positive"}, fmt="text")[0]
+    assert example.text == "great film"
+
+
+def test_teacher_and_student_map_to_assistant_and_user_by_default():
+    example = convert({"messages": [{"role": "student", "content": "q?"}, {"role": "teacher", "content": "a."}]})[0]
+    assert turns(example) == [(U, "q?"), (A, "a.")]
+
+
+def test_role_map_option_adds_names():
+    role_map = parse_role_map("customer=user, bot=assistant")
+    example = convert({"messages": [{"role": "customer", "content": "q?"}, {"role": "bot", "content": "a."}]},
+                      role_map=role_map)[0]
+    assert turns(example) == [(U, "q?"), (A, "a.")]
+    assert parse_role_map({"agent": "assistant"})["agent"] == A
+
+
+@pytest.mark.parametrize("spec", ["bot=robot", "=assistant", "bot"])
+def test_role_map_rejects_roles_the_template_does_not_know(spec: str):
+    with pytest.raises(DataError, match="--role-map"):
+        parse_role_map(spec)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"conversation": []}, r"d.jsonl:2: cannot tell the format from the fields \['conversation'\]"),
+], ids=["unknown fields"])
+def test_unknown_fields_name_the_row_and_the_formats_expected(record: dict, message: str):
+    with pytest.raises(DataError, match=message):
+        detect_format(Rows([record], ["d.jsonl:2"], "d.jsonl"))
+
+
+GOOD = {"messages": [{"role": "user", "content": "ok?"}, {"role": "assistant", "content": "ok."}]}
+
+
+@pytest.mark.parametrize("fmt, record, message", [
+    ("messages", {"messages": "hi"}, r"d.jsonl:2: field 'messages': expected a non-empty list"),
+    ("messages", {"messages": [{"role": "pupil", "content": "hi"}]},
+     r"d.jsonl:2: field 'messages\[0\].role': unknown role 'pupil'"),
+    ("messages", {"messages": [{"role": "user", "content": 3}]},
+     r"d.jsonl:2: field 'messages\[0\].content': expected a non-empty string"),
+    ("messages", {"messages": ["hi"]}, r"d.jsonl:2: field 'messages\[0\]': expected an object"),
+    ("messages", {"messages": [{"role": "user", "content": "hi"}]}, r"d.jsonl:2: no assistant turn"),
+    ("sharegpt", {"conversations": [{"from": "robot", "value": "hi"}]},
+     r"d.jsonl:2: field 'conversations\[0\].from': unknown role 'robot'"),
+    ("alpaca", {"instruction": "hi"}, r"d.jsonl:2: field 'output': expected a non-empty string \(missing\)"),
+    ("alpaca", {"instruction": "hi", "output": "x", "input": 5}, r"d.jsonl:2: field 'input': expected a non-empty"),
+    ("prompt-completion", {"prompt": "hi", "completion": ""}, r"d.jsonl:2: field 'completion': expected"),
+    ("text", {"text": None}, r"d.jsonl:2: field 'text': expected a non-empty string"),
+    ("classification", {"text": "x", "label": None}, r"d.jsonl:2: field 'label': expected a non-empty string or an"),
+    ("messages", ["not", "an", "object"], r"d.jsonl:2: expected an object with named fields, got list"),
+])
+def test_bad_rows_name_row_field_and_expectation(fmt: str, record, message: str):
+    first = {"messages": GOOD["messages"], "conversations": [{"from": "human", "value": "q"},
+                                                             {"from": "gpt", "value": "a"}],
+             "instruction": "q", "output": "a", "prompt": "q", "completion": "a", "text": "t", "label": "l"}
+    with pytest.raises(DataError, match=message):
+        labels = ["l"] if fmt == "classification" else None
+        to_examples(Rows([first, record], ["d.jsonl:1", "d.jsonl:2"], "d.jsonl"), fmt, DEFAULT_ROLE_MAP, labels)
