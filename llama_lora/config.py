@@ -74,9 +74,9 @@ class TrainConfig:
         "drop", "Rows longer than --max-seq-length: drop them (counted in the audit), truncate them, or stop "
         "with an error naming the first one.", choices=OVERLENGTH,
     )
-    data_workers: int | None = _opt(
-        None, "Processes that render and tokenize the data (1: in this process).",
-        auto="1 below 20,000 rows or on 2 cores, else min(cores, 8)",
+    data_workers: int = _opt(
+        1, "Processes that render and tokenize the data. 1 was fastest where measured: the Rust tokenizer "
+        "already encodes each batch on every core (benchmarks/results/data_throughput.md).",
     )
     r: int = _opt(16, "LoRA rank.")
     lora_alpha: int | None = _opt(None, "LoRA scaling numerator (the update is scaled by alpha/r).", auto="2 x r")
@@ -172,7 +172,7 @@ def coerce(name: str, value: Any) -> Any:
 
 def auto_type(name: str) -> type:
     """Type of a field whose default is None ("auto")."""
-    return {"lora_alpha": int, "load_in_4bit": bool, "max_steps": int, "data_workers": int}.get(name, str)
+    return {"lora_alpha": int, "load_in_4bit": bool, "max_steps": int}.get(name, str)
 
 
 def build(values: dict[str, Any]) -> TrainConfig:
@@ -247,7 +247,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.epochs > 0 or cfg.max_steps > 0, "--epochs must be positive (or set --max-steps)"),
         (cfg.max_steps == -1 or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
         (0.0 <= cfg.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)"),
-        (cfg.data_workers is None or cfg.data_workers > 0, "--data-workers must be positive"),
+        (cfg.data_workers > 0, "--data-workers must be positive"),
     ]
     for ok, message in checks:
         if not ok:

@@ -26,9 +26,7 @@ from llama_lora.formats import Example, class_labels, detect_format, parse_role_
 from llama_lora.sources import Rows, eval_split, pick_split, read_splits
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
-# Below this many rows (a few seconds of work) worker processes are not worth starting.
-PARALLEL_MIN_ROWS = 20_000
-CHUNK_ROWS = 1000
+CHUNK_ROWS = 1000  # rows per tokenizer batch (and per progress-bar tick)
 DROP_OVERLENGTH = "longer than --max-seq-length (--overlength drop)"
 DROP_UNSUPERVISED = "no supervised token left"
 
@@ -114,16 +112,15 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
     return Prepared(fmt, splits["train"], splits["eval"], labels, examples)
 
 
-def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str,
-                      workers: int | None = None) -> list[dict[str, Any]]:
-    """Full-length input_ids and labels for every example, over worker processes when it pays.
+def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, workers: int = 1) -> list[dict[str, Any]]:
+    """Full-length input_ids and labels for every example, in batches, optionally over worker processes.
 
-    In one process the Rust tokenizer already encodes a batch on every core; what stays serial is the
-    Python part (template rendering, label masks: about half the time). Worker processes split that part.
-    A plain process pool, not `datasets.map(num_proc=...)`: the latter's Arrow round trip cost more than
-    it saved (benchmarks/results/data_throughput.md).
+    In one process the Rust tokenizer already encodes each batch on every core; what stays serial is the
+    Python part (template rendering, label masks). Worker processes split that part but must send every
+    token back; on the machines measured that costs more than it saves (benchmarks/results/
+    data_throughput.md), so one process is the default. A plain process pool: `datasets.map(num_proc=2)`
+    was slower still (its Arrow round trip).
     """
-    workers = workers if workers is not None else default_workers(len(examples))
     chunks = [examples[i:i + CHUNK_ROWS] for i in range(0, len(examples), CHUNK_ROWS)]
     progress = {"total": len(chunks), "desc": f"Tokenizing {len(examples):,} rows", "unit": "chunk",
                 "disable": len(chunks) < 5}
@@ -144,12 +141,6 @@ def _set_worker_state(tokenizer: Any, loss_on: str) -> None:
 
 def _tokenize_in_worker(chunk: list[Example]) -> list[dict[str, Any]]:
     return _tokenize_batch(_worker_state["tokenizer"], chunk, _worker_state["loss_on"])
-
-
-def default_workers(n_rows: int) -> int:
-    """One process for small data or two cores (measured: no gain); else up to 8 workers."""
-    cores = os.cpu_count() or 1
-    return min(cores, 8) if n_rows >= PARALLEL_MIN_ROWS and cores > 2 else 1
 
 
 def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> list[dict[str, Any]]:
