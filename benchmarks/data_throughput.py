@@ -66,9 +66,10 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(smollm2_dir())
 
 
-def timed(fn):
+def timed(fn, *args):
+    """fn(*args) and the seconds it took."""
     started = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     return result, time.perf_counter() - started
 
 
@@ -82,14 +83,14 @@ def main(rows: int, workers: str, tokenizers: str, max_seq_length: int, out: Pat
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(rows)))
-        raw, read_s = timed(lambda: read_file(path))
-    examples, format_s = timed(lambda: to_examples(raw, "messages", DEFAULT_ROLE_MAP))
+        raw, read_s = timed(read_file, path)
+    examples, format_s = timed(to_examples, raw, "messages", DEFAULT_ROLE_MAP)
     results = []
     for name in tokenizers.split(","):
         tokenizer = {"llama3": llama3_tokenizer, "smollm2": smollm2_tokenizer}[name]()
         for n in (int(w) for w in workers.split(",")):
-            tokenized, tokenize_s = timed(lambda: tokenize_examples(tokenizer, examples, "assistant", workers=n))
-            split, policy_s = timed(lambda: apply_length_policy(tokenized, max_seq_length, "drop", str(path)))
+            tokenized, tokenize_s = timed(tokenize_examples, tokenizer, examples, "assistant", n)
+            _, policy_s = timed(apply_length_policy, tokenized, max_seq_length, "drop", str(path))
             tokens = sum(row["length"] for row in tokenized)
             total = read_s + format_s + tokenize_s + policy_s
             results.append({

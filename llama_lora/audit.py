@@ -68,7 +68,7 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     splits = audit["splits"]
     console.print(f"Data audit: format {audit['format']}, loss on {audit['loss_on']} tokens, "
-                  f"chat template: {audit['chat_template']}")
+                  f"chat template: {audit['chat_template']}", soft_wrap=True)
     table = Table()
     table.add_column("")
     for name in splits:
@@ -92,8 +92,9 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     console.print(table)
     for name, split in splits.items():
         for reason, dropped in split["rows_dropped"].items():
-            more = f" and {dropped['count'] - len(dropped['rows'])} more" if dropped["count"] > len(dropped["rows"]) else ""
-            console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}")
+            unnamed = dropped["count"] - len(dropped["rows"])
+            more = f" and {unnamed} more" if unnamed else ""
+            console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
 
 

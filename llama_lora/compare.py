@@ -20,7 +20,7 @@ from typing import Any, Callable
 # these libraries drift apart by one or two percent over a few hundred steps. 2% mean / 5% max separates that
 # drift from a real difference (a wrong mask, another learning rate, other data moves losses by 10% or more).
 PARITY_TOLERANCE = {"mean": 0.02, "max": 0.05}
-SAME_WITHIN = 0.03  # speed or memory ratios closer to 1 than this are reported as equal (run-to-run noise)
+SAME_WITHIN = 0.03  # speed or memory ratios closer to 1 than this name no winner
 
 
 @dataclass(frozen=True)
@@ -234,30 +234,39 @@ def plot(a: Run, b: Run, record: dict[str, Any], path: Path) -> None:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), dpi=120, sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.2]})
-    for run, color in ((a, "tab:blue"), (b, "tab:red")):
+    # A wide pale line under a thin dashed one: two curves that coincide both stay visible.
+    styles = ((a, {"color": "tab:blue", "linewidth": 4, "alpha": 0.45}, "o"),
+              (b, {"color": "tab:red", "linewidth": 1.3, "linestyle": "--"}, "s"))
+    for run, style, marker in styles:
         history = run.metrics.get("loss_history", [])
         steps = [h["step"] for h in history]
-        top.plot(steps, [h["loss"] for h in history], color=color, linewidth=1.5, label=f"{run.label} train")
+        top.plot(steps, [h["loss"] for h in history], label=f"{run.label} train", **style)
         ev = run.metrics.get("eval_loss", {})
         points = [(x, y) for x, y in ((0, ev.get("before")), (steps[-1] if steps else 1, ev.get("after")))
                   if y is not None]
         if points:
-            top.plot(*zip(*points), "o", color=color, markersize=6, markerfacecolor="none",
-                     label=f"{run.label} eval (before / after)")
+            top.plot(*zip(*points), marker, color=style["color"], markersize=8 if marker == "o" else 5,
+                     markerfacecolor="none", linestyle="none", label=f"{run.label} eval (before / after)")
     top.set_ylabel("cross-entropy loss")
     top.set_title(f"{b.label} vs {a.label}: loss parity {record['loss_parity']['verdict']}", fontsize=10)
     top.grid(alpha=0.3)
     top.legend(fontsize=8)
     per_step = record["loss_parity"].get("per_step", [])
-    bottom.plot([p["step"] for p in per_step], [100 * p["relative_difference"] for p in per_step],
-                color="tab:gray", marker=".", linewidth=1)
-    bottom.axhline(100 * record["loss_parity"]["tolerance"]["max"], color="tab:red", linestyle="--", linewidth=1,
-                   label="tolerance (max)")
+    diffs = [100 * p["relative_difference"] for p in per_step]
+    bottom.plot([p["step"] for p in per_step], diffs, color="tab:gray", marker=".", linewidth=1)
+    tolerance = 100 * record["loss_parity"]["tolerance"]["max"]
+    top_of_scale = max(diffs, default=0) * 1.6 or 0.1
+    if tolerance <= top_of_scale:
+        bottom.axhline(tolerance, color="tab:red", linestyle="--", linewidth=1, label="tolerance (max)")
+        bottom.legend(fontsize=8)
+    else:  # a line at 5% would flatten differences of 0.1% into the axis
+        bottom.text(0.99, 0.9, f"tolerance {tolerance:g}% (off scale)", transform=bottom.transAxes,
+                    ha="right", va="top", fontsize=8, color="tab:red")
+    bottom.set_ylim(0, min(max(top_of_scale, 0.05), max(tolerance * 1.1, top_of_scale)))
     bottom.set_ylabel("|B - A| / A (%)")
     bottom.set_xlabel("optimizer step")
-    bottom.set_ylim(bottom=0)
+    bottom.xaxis.get_major_locator().set_params(integer=True)
     bottom.grid(alpha=0.3)
-    bottom.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -12,7 +12,6 @@ import bisect
 import hashlib
 import json
 import multiprocessing
-import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from llama_lora.config import TrainConfig
 from llama_lora.errors import DataError
 from llama_lora.formats import Example, class_labels, detect_format, parse_role_map, to_examples
-from llama_lora.sources import Rows, eval_split, pick_split, read_splits
+from llama_lora.sources import eval_split, pick_split, read_splits
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
 CHUNK_ROWS = 1000  # rows per tokenizer batch (and per progress-bar tick)

@@ -2,14 +2,14 @@
 
 Formats, detected from a row's fields (`--format` overrides):
 
-| format              | fields                                                   | becomes                           |
-|---------------------|----------------------------------------------------------|-----------------------------------|
-| `messages`          | messages: [{role, content}]  (OpenAI)                     | the conversation                  |
-| `sharegpt`          | conversations: [{from, value}]                            | the conversation                  |
-| `alpaca`            | instruction, input (optional), output                     | user: instruction+input, assistant: output |
-| `prompt-completion` | prompt, completion (strings, or lists of messages)        | user: prompt, assistant: completion |
-| `classification`    | text, label                                               | user: instruction listing the labels, assistant: label |
-| `text`              | text                                                      | plain text, loss on every token   |
+| format              | fields                                        | becomes                                  |
+|---------------------|-----------------------------------------------|------------------------------------------|
+| `messages`          | messages: [{role, content}]  (OpenAI)          | the conversation                         |
+| `sharegpt`          | conversations: [{from, value}]                 | the conversation                         |
+| `alpaca`            | instruction, input (optional), output          | user: instruction + input; assistant: output
+| `prompt-completion` | prompt, completion (strings or message lists)  | user: prompt; assistant: completion      |
+| `classification`    | text, label                                    | user: the labels and the text; assistant: label
+| `text`              | text                                           | plain text, loss on every token          |
 
 A `system` field, where a format has none of its own, becomes the system prompt.
 """
@@ -136,7 +136,8 @@ def _turns(turns: list[Any], where: str, field: str, role_key: str, content_key:
         if role not in role_map:
             raise DataError(f"{where}: field '{name}.{role_key}': unknown role {role!r}, expected one of "
                             f"{', '.join(sorted(role_map))} (add names with --role-map name=role)")
-        messages.append({"role": role_map[role], "content": _content(turn, where, f"{name}.{content_key}", content_key)})
+        content = _content(turn, where, f"{name}.{content_key}", content_key)
+        messages.append({"role": role_map[role], "content": content})
     return messages
 
 

@@ -129,3 +129,24 @@ def test_bad_dataset_exits_2_naming_the_line_and_writes_nothing(tmp_path, smollm
     assert result.returncode == 2
     assert "bad.jsonl:2: field 'messages[1].content'" in result.stderr
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_both_backends_losses_agree_within_the_parity_tolerance(runs):
+    from llama_lora.compare import compare, load_run
+
+    result = compare(load_run(runs["peft"]), load_run(runs["unsloth"]))
+    assert result["fair"], result["mismatches"]
+    assert result["loss_parity"]["steps"] == STEPS
+    assert result["loss_parity"]["verdict"] == "consistent", result["loss_parity"]
+
+
+def test_a_run_with_another_max_length_is_flagged_as_unfair(runs, tmp_path):
+    short = tmp_path / "peft-short"
+    result = train("peft", runs["peft"].parent / "data", short, "--max-seq-length", "512")  # the fixture's data
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared = subprocess.run([sys.executable, "compare_backends.py", str(runs["unsloth"]), str(short),
+                               "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True)
+    assert compared.returncode == 3, compared.stdout + compared.stderr
+    report = json.loads((tmp_path / "report" / "comparison.json").read_text())
+    assert {"setting": "max length", "a": 2048, "b": 512} in report["mismatches"]
+    assert report["verdict"].startswith("no winner declared")

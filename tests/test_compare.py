@@ -1,0 +1,127 @@
+"""The comparison's logic on hand-made run records: the fairness check, loss parity, the verdict, the files.
+(The end-to-end tests compare two real runs.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llama_lora.compare import PARITY_TOLERANCE, compare, fairness, load_run, loss_parity, write_report
+
+from conftest import REPO
+
+
+def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: float, **changes) -> dict:
+    metrics = {
+        "status": "completed", "backend": backend, "model": {"name": "smollm2"}, "load_in_4bit": False,
+        "dtype": "float32", "device": {"name": "cpu"}, "steps": len(losses),
+        "data": {"hash": "abc"}, "config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+                                            "target_modules": ["q_proj"], "use_rslora": False, "use_dora": False},
+        "training_args": {"max_length": 2048, "packing": False, "padding_free": False, "optim": "adamw_torch_fused",
+                          "learning_rate": 2e-4, "seed": 42},
+        "loss_history": [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)],
+        "tokens": {"per_second": tokens_per_s}, "runtime_s": {"train": 100.0, "total": 120.0},
+        "memory": {"after_load": {"cpu_peak_rss_gb": 1.0}, "after_training": {"cpu_peak_rss_gb": peak_gb}},
+        "eval_loss": {"before": 2.6, "after": 2.5}, "final_train_loss": losses[-1],
+        "parameters": {"trainable": 1000},
+    }
+    for path, value in changes.items():
+        *parents, key = path.split("__")
+        target = metrics
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    return metrics
+
+
+def run_folder(root: Path, name: str, metrics: dict) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 2_000_000)
+    return folder
+
+
+@pytest.fixture
+def pair(tmp_path: Path):
+    a = run_folder(tmp_path, "peft", record("peft", [2.0, 1.8, 1.6], 100.0, 5.0))
+    b = run_folder(tmp_path, "unsloth", record("unsloth", [2.0, 1.81, 1.608], 150.0, 3.0))
+    return load_run(a), load_run(b)
+
+
+def test_loss_parity_reports_mean_and_max_relative_difference(pair):
+    parity = loss_parity(*pair)
+    assert parity["steps"] == 3
+    assert parity["mean_relative_difference"] == pytest.approx((0 + 0.01 / 1.8 + 0.008 / 1.6) / 3, abs=1e-6)
+    assert parity["max_relative_difference"] == pytest.approx(0.01 / 1.8, abs=1e-6)
+    assert parity["max_at_step"] == 2 and parity["verdict"] == "consistent"
+
+
+def test_losses_beyond_the_tolerance_are_reported_as_diverged(tmp_path: Path):
+    a = load_run(run_folder(tmp_path, "a", record("peft", [2.0, 1.8], 100.0, 5.0)))
+    drifted = [2.0, 1.8 * (1 + 2 * PARITY_TOLERANCE["max"])]
+    b = load_run(run_folder(tmp_path, "b", record("unsloth", drifted, 100.0, 5.0)))
+    assert loss_parity(a, b)["verdict"] == "diverged"
+
+
+def test_fair_pair_gets_ratios_and_a_verdict(pair):
+    result = compare(*pair)
+    rows = {row["metric"]: row for row in result["rows"]}
+    assert result["fair"] and result["mismatches"] == []
+    assert rows["non-padding tokens/s"]["ratio_b_over_a"] == 1.5
+    assert rows["peak process RSS, training"]["ratio_b_over_a"] == 0.6
+    assert rows["adapter size on disk"]["a"] == 2.0
+    assert "peak GPU allocated, training" not in rows  # CPU runs have no GPU counters
+    assert result["verdict"] == "unsloth is 1.50x as fast; unsloth peaks at 60% of the other's memory"
+
+
+def test_different_max_length_is_flagged_and_no_winner_is_declared(tmp_path: Path):
+    a = load_run(run_folder(tmp_path, "peft", record("peft", [2.0], 100.0, 5.0)))
+    b = load_run(run_folder(tmp_path, "unsloth", record("unsloth", [2.0], 150.0, 3.0, training_args__max_length=1024)))
+    assert fairness(a, b) == [{"setting": "max length", "a": 2048, "b": 1024}]
+    assert compare(a, b)["verdict"].startswith("no winner declared")
+    assert compare(a, b, force=True)["verdict"].startswith("FORCED despite unfair settings: unsloth is 1.50x")
+
+
+def test_report_files_are_written_and_readable(pair, tmp_path: Path):
+    paths = write_report(*pair, compare(*pair), tmp_path / "out")
+    assert [p.name for p in paths] == ["comparison.md", "comparison.json", "comparison_loss.png"]
+    assert "| non-padding tokens/s (tok/s) | 100.0 | 150.0 | 1.50 |" in paths[0].read_text()
+    assert json.loads(paths[1].read_text())["loss_parity"]["verdict"] == "consistent"
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_a_folder_without_a_completed_run_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="no metrics.json"):
+        load_run(tmp_path)
+    failed = run_folder(tmp_path, "failed", {**record("peft", [2.0], 1.0, 1.0), "status": "failed"})
+    with pytest.raises(ValueError, match="did not complete"):
+        load_run(failed)
+
+
+@pytest.fixture(scope="module")
+def cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_backends", REPO / "compare_backends.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_compares_two_named_folders_and_exits_3_when_unfair(cli, tmp_path: Path):
+    a = run_folder(tmp_path, "peft", record("peft", [2.0], 100.0, 5.0))
+    b = run_folder(tmp_path, "other", record("unsloth", [2.0], 100.0, 5.0, data__hash="def"))
+    result = CliRunner().invoke(cli, [str(a), str(b), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 3
+    assert "Fairness check: **FAILED**" in result.output and "tokenized data" in result.output
+    assert (tmp_path / "report" / "comparison.md").exists()
+
+
+def test_cli_rejects_training_flags_without_run(cli):
+    result = CliRunner().invoke(cli, ["--max-steps", "20"])
+    assert result.exit_code == 2 and "only go with --run" in result.output
