@@ -32,6 +32,8 @@ def load(cfg: TrainConfig, path: str) -> object:
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=quantization,
         device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
+        use_safetensors=True,  # never unpickle .bin weights: pickle can run code
+        trust_remote_code=cfg.trust_remote_code,
     )
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)

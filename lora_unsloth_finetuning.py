@@ -28,6 +28,8 @@ def load(cfg: TrainConfig, path: str) -> object:
         max_seq_length=cfg.max_seq_length,
         dtype=getattr(torch, cfg.dtype),
         load_in_4bit=cfg.load_in_4bit,
+        use_safetensors=True,  # never unpickle .bin weights: pickle can run code
+        trust_remote_code=cfg.trust_remote_code,
     )
     return FastLanguageModel.get_peft_model(
         model,

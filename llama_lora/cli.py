@@ -18,6 +18,7 @@ from llama_lora.backend import Backend
 from llama_lora.config import (
     CONFIG_FIELDS,
     ConfigError,
+    RunOptions,
     TrainConfig,
     auto_type,
     build,
@@ -67,27 +68,37 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
     return build(values)
 
 
-def run_pipeline(cfg: TrainConfig, backend: Backend, dry_run: bool = False) -> int:
+def run_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train with the shared pipeline, after the backend's import hook."""
     backend.before_heavy_imports()
     from llama_lora.pipeline import run  # heavy: torch, transformers, trl
 
-    return run(cfg, backend, dry_run=dry_run)
+    return run(cfg, backend, options)
 
 
 def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click.Command:
     """The click command for one backend; every backend gets the same options and help."""
 
-    def main(config_file: Path | None, dry_run: bool, **flags: Any) -> None:
+    def main(config_file: Path | None, dry_run: bool, resume: str | None, overwrite: bool, **flags: Any) -> None:
         ctx = click.get_current_context()
         try:
             cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
-        sys.exit(run(cfg, backend, dry_run=dry_run))
+        if resume and overwrite:
+            raise click.UsageError("--resume continues the interrupted run, --overwrite starts over: pick one")
+        sys.exit(run(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite)))
 
     for name in reversed(list(CONFIG_FIELDS)):
         main = _option(name)(main)
+    main = click.option(
+        "--overwrite", is_flag=True, help="Replace a finished run folder, or discard an interrupted run's checkpoints.",
+    )(main)
+    main = click.option(
+        "--resume", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
+        help="Continue an interrupted run from its latest checkpoint (or the checkpoint folder given): adapter, "
+             "optimizer, scheduler, RNG state and data position. Use the same options as the first attempt.",
+    )(main)
     main = click.option(
         "--dry-run", is_flag=True,
         help="Read, format and audit the data, show one rendered example with its trained part marked, and "

@@ -119,12 +119,33 @@ class TrainConfig:
     eval_fraction: float = _opt(
         0.1, "Share of the training rows held out for eval when the dataset has no eval split (0: no eval)."
     )
+    save_steps: int = _opt(
+        100, "Save a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0: never. "
+        "--resume continues from the latest.",
+    )
+    keep_checkpoints: int = _opt(2, "How many of the latest checkpoints to keep.")
+    early_stopping_patience: int = _opt(
+        0, "Stop after this many evaluations (one per --save-steps) without a better eval loss, and keep the "
+        "best adapter; 0: off.",
+    )
+    trust_remote_code: bool = _opt(
+        False, "Run Python code shipped with a hub model. Off by default: it executes someone else's code.",
+    )
     output_dir: str | None = _opt(
         None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>"
     )
 
 
 CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, as opposed to what to train: command-line only, never saved in config.yaml."""
+
+    dry_run: bool = False
+    resume: str | None = None  # "latest", or a checkpoint folder
+    overwrite: bool = False
 
 
 class ConfigError(ValueError):
@@ -228,11 +249,11 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
         dtype=dtype,
         output_dir=cfg.output_dir or str(OUTPUT_ROOT / backend),
     )
-    validate(resolved)
+    validate(resolved, machine)
     return resolved
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, machine: Machine) -> None:
     """Reject values no run could use, naming the flag and the accepted range (after resolve: no auto left)."""
     checks = [
         (cfg.r > 0, "--r must be a positive integer"),
@@ -248,6 +269,16 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_steps == -1 or cfg.max_steps > 0, "--max-steps must be -1 or positive"),
         (0.0 <= cfg.eval_fraction < 1.0, "--eval-fraction must be in [0, 1)"),
         (cfg.data_workers > 0, "--data-workers must be positive"),
+        (cfg.save_steps >= 0, "--save-steps must be 0 (never) or positive"),
+        (cfg.keep_checkpoints > 0, "--keep-checkpoints must be positive"),
+        (cfg.early_stopping_patience >= 0, "--early-stopping-patience must be 0 (off) or positive"),
+        (cfg.early_stopping_patience == 0 or cfg.save_steps > 0,
+         "--early-stopping-patience evaluates every --save-steps steps, so it needs --save-steps > 0"),
+        (cfg.early_stopping_patience == 0 or cfg.keep_checkpoints >= 2,
+         "--early-stopping-patience keeps the best checkpoint next to the latest: --keep-checkpoints must be >= 2"),
+        (cfg.optim.find("8bit") < 0 or machine.cuda,
+         f"--optim {cfg.optim} needs a CUDA GPU (bitsandbytes 8-bit optimizers); use adamw_torch_fused"),
+        (cfg.dtype != "float16" or machine.cuda, "--dtype float16 needs a CUDA GPU; use bfloat16 or float32"),
     ]
     for ok, message in checks:
         if not ok:

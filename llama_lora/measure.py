@@ -61,3 +61,10 @@ def parameter_counts(model: Any) -> dict[str, Any]:
     """Trainable and total parameters, counting 4-bit packed weights at their real element count."""
     trainable, total = model.get_nb_trainable_parameters()
     return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4)}
+
+
+def gpu_peak_and_total_gb() -> tuple[float, float]:
+    """Peak allocated and total memory of GPU 0 (zeros without CUDA), for the out-of-memory message."""
+    if not torch.cuda.is_available():
+        return 0.0, 0.0
+    return torch.cuda.max_memory_allocated() / GIB, torch.cuda.get_device_properties(0).total_memory / GIB

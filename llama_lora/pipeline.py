@@ -6,27 +6,28 @@ loaded, and the run folder appears only once everything in it is written.
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import sys
-import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, measure
+from llama_lora import assets, measure, run_folder
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
-from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, TrainConfig, save_yaml, to_record
+from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
-from llama_lora.errors import DataError
+from llama_lora.errors import UsageError
+from llama_lora.guards import check_model, oom_advice
 from llama_lora.records import plot_loss, write_json
-from llama_lora.training import StepLog, build_sft_config, effective_args, make_trainer, to_dataset
+from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
+EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -37,9 +38,9 @@ def model_path(model: str) -> str:
     return MODEL_ALIASES.get(model, model)
 
 
-def load_tokenizer(path: str) -> tuple[Any, str]:
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.
@@ -48,35 +49,50 @@ def load_tokenizer(path: str) -> tuple[Any, str]:
     return tokenizer, template
 
 
-def run(cfg: TrainConfig, backend: Backend, dry_run: bool = False) -> int:
+def run(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train, evaluate and save one adapter (or, for a dry run, only audit the data); returns the exit status."""
     try:
-        return _run(cfg, backend, dry_run)
-    except DataError as err:
+        return _run(cfg, backend, options)
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _run(cfg: TrainConfig, backend: Backend, dry_run: bool) -> int:
+def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     started = time.perf_counter()
+    output_dir = Path(cfg.output_dir)
+    staging = run_folder.staging_dir(output_dir)
+    if not options.dry_run:
+        run_folder.check_destination(output_dir, options)
     set_seed(cfg.seed)
     path = model_path(cfg.model)
-    tokenizer, template = load_tokenizer(path)
+    check_model(cfg, path)
+    tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     print_audit(audit)
-    if dry_run:
+    if options.dry_run:
         example = prepared.train.rows[0]
         print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
         print(render_marked(tokenizer, example))
         print("\nDry run: no model weights loaded, nothing written.")
         return 0
+    eval_rows = prepared.eval.rows if prepared.eval else []
+    if cfg.early_stopping_patience and not eval_rows:
+        raise UsageError("--early-stopping-patience needs eval data: an eval split or --eval-fraction > 0")
+    checkpoint = run_folder.resume_checkpoint(staging, options.resume) if options.resume else None
+    if checkpoint:
+        run_folder.check_same_config(staging, cfg)
+        print(f"Resuming from {checkpoint}")
+    else:
+        run_folder.fresh(staging)
+        run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg)})
+        save_yaml(cfg, staging / "config.yaml")
+        write_json(staging / "audit.json", audit)
     if not torch.cuda.is_available():
         steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
         model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
         print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
-    train_rows = prepared.train.rows
-    eval_rows = prepared.eval.rows if prepared.eval else []
     data_record = {
         "format": audit["format"],
         "hash": audit["hash"],
@@ -84,34 +100,49 @@ def _run(cfg: TrainConfig, backend: Backend, dry_run: bool) -> int:
         **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
-
-    output_dir = Path(cfg.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Everything is written into a hidden staging folder first, so a crash never leaves a folder that
-    # looks finished; the staging folder is removed on any failure.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a finished run folder should read like any other
     try:
-        write_json(staging / "audit.json", audit)
-        metrics = _train(cfg, backend, path, tokenizer, train_rows, eval_rows, staging)
-        metrics["data"] = data_record
-        metrics["runtime_s"]["total"] = round(time.perf_counter() - started, 2)
-        tokenizer.save_pretrained(staging)
-        save_yaml(cfg, staging / "config.yaml")
-        write_json(staging / "metrics.json", metrics)
-        plot_loss(metrics["loss_history"], metrics["eval_loss"],
-                  f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
-                  staging / "loss_curve.png")
-        _replace(output_dir, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint)
+    except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
+        return _fail(cfg, staging, err)
+    metrics["data"] = data_record
+    metrics["runtime_s"]["total"] = round(time.perf_counter() - started, 2)
+    tokenizer.save_pretrained(staging)
+    plot_loss(metrics["loss_history"], metrics["eval_loss"],
+              f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
+              staging / "loss_curve.png")
+    run_folder.write_status(staging, metrics)  # the last file written says "completed"
+    run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)
     return 0
 
 
+def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
+    """Mark the staging folder failed, and tell the user why and how to go on."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        message = oom_advice(cfg, *measure.gpu_peak_and_total_gb())
+    elif isinstance(err, NonFiniteLoss):
+        message = (f"Training stopped: {err}. Lower --learning-rate (now {cfg.learning_rate:g}) or check the data "
+                   "for broken rows.")
+    else:
+        message = f"Training failed: {type(err).__name__}: {err}"
+    saved = run_folder.checkpoints(staging)
+    record = {"status": "failed", "reason": message, "last_checkpoint": str(saved[-1]) if saved else None}
+    try:
+        record = {**json.loads((staging / "metrics.json").read_text()), **record}
+    except (OSError, ValueError):
+        pass
+    run_folder.write_status(staging, record)
+    resume = (f"The last good checkpoint is {saved[-1]}; after fixing the cause, --resume continues from it."
+              if saved else "No checkpoint was saved (see --save-steps).")
+    print(f"error: {message}\n{resume}\nRun record: {staging / 'metrics.json'}", file=sys.stderr)
+    if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
+        traceback.print_exception(err, file=sys.stderr)
+    return EXIT_TRAINING_FAILED
+
+
 def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_rows: list[dict[str, Any]],
-           eval_rows: list[dict[str, Any]], staging: Path) -> dict[str, Any]:
-    """Load, wrap, evaluate, train, evaluate, save the adapter; return the metrics record."""
+           eval_rows: list[dict[str, Any]], staging: Path, checkpoint: Path | None) -> dict[str, Any]:
+    """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, save the adapter."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
@@ -119,19 +150,24 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()
 
-    step_log = StepLog(staging / "train_log.jsonl")
+    resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
+    step_log = StepLog(staging / "train_log.jsonl", resume_step)
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / "trainer"),
+        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log], backend.own_cpu_loss,
+        [step_log], backend.own_cpu_loss, cfg.early_stopping_patience,
     )
-    eval_before = trainer.evaluate()["eval_loss"] if eval_rows else None
-    result = trainer.train()
+    running = json.loads((staging / "metrics.json").read_text()) if checkpoint else {}
+    eval_before = running.get("eval_loss", {}).get("before") if checkpoint else (
+        trainer.evaluate()["eval_loss"] if eval_rows else None)
+    run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg),
+                                      "eval_loss": {"before": eval_before}})
+    tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     memory_after_training = measure.memory_snapshot()
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
 
     model.save_pretrained(staging)
-    shutil.rmtree(staging / "trainer", ignore_errors=True)
     train_s = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
@@ -146,24 +182,34 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "memory": {"after_load": memory_after_load, "after_training": memory_after_training},
         "runtime_s": {"load": round(load_s, 2), "train": round(train_s, 2)},
         "steps": trainer.state.global_step,
-        "tokens": {"non_padding_seen": tokens, "per_second": round(tokens / train_s, 1)},
+        "resumed_from_step": resume_step or None,
+        # tokens/s over this process's training only: a resumed run did not train the earlier steps here
+        "tokens": {"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
         "final_train_loss": step_log.history[-1]["loss"] if step_log.history else None,
         "eval_loss": {"before": eval_before, "after": eval_after},
+        "early_stopping": _early_stopping_record(cfg, trainer, step_log),
         "loss_history": step_log.history,
         "training_args": effective_args(trainer),
         "config": to_record(cfg),
     }
 
 
-def _replace(target: Path, staging: Path) -> None:
-    """Move the finished staging folder to `target`, replacing an earlier run there."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
+def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def _early_stopping_record(cfg: TrainConfig, trainer: Any, step_log: StepLog) -> dict[str, Any] | None:
+    """Which step's adapter was kept, and whether training stopped before its planned end."""
+    if not cfg.early_stopping_patience:
+        return None
+    best = trainer.state.best_model_checkpoint
+    return {
+        "patience": cfg.early_stopping_patience,
+        "evaluations": step_log.evals,
+        "best_step": int(best.rsplit("-", 1)[-1]) if best else None,
+        "best_eval_loss": trainer.state.best_metric,
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+    }
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:

@@ -8,13 +8,14 @@ model's max_seq_length into it, and Unsloth turns padding-free batching on unles
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from llama_lora.config import TrainConfig
@@ -30,6 +31,7 @@ RECORDED_ARGS = (
 
 def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
     """The SFTConfig for a run: the same object, field for field, for both backends."""
+    early_stopping = cfg.early_stopping_patience > 0
     return SFTConfig(
         output_dir=str(output_dir),
         # what is trained on
@@ -56,10 +58,17 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         fp16=cfg.dtype == "float16",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # bookkeeping: we log every step, evaluate ourselves before and after, and save once at the end
+        # bookkeeping: log every step; evaluate before and after ourselves (and every --save-steps for early
+        # stopping); checkpoints every --save-steps hold optimizer, scheduler, RNG and data position for --resume
         logging_steps=1,
-        eval_strategy="no",
-        save_strategy="no",
+        eval_strategy="steps" if early_stopping else "no",
+        eval_steps=cfg.save_steps if early_stopping else None,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=cfg.keep_checkpoints,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
         report_to="none",
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -75,17 +84,45 @@ def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
     })
 
 
-class StepLog(TrainerCallback):
-    """Appends every logged step (loss, learning rate, grad norm, tokens) to a JSON-lines file."""
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; the run stops before saving a checkpoint of it."""
 
-    def __init__(self, path: Path):
+
+class StepLog(TrainerCallback):
+    """Appends every logged step (loss, learning rate, grad norm, tokens) to a JSON-lines file, and stops the
+    run at the first NaN or infinite loss or gradient norm.
+
+    On resume the file is cut back to the checkpoint's step, so the log never holds a step twice.
+    """
+
+    def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        if resume_step and path.exists():
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.history = [entry for entry in kept if entry["step"] <= resume_step]
+            path.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
         self.started = time.perf_counter()
+        self.training = False  # evaluations before and after training are not the trainer's own
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.training = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+        if logs and "eval_loss" in logs and self.training:
+            self.evals.append({"step": state.global_step, "eval_loss": logs["eval_loss"]})
         if not logs or "loss" not in logs:
             return
+        bad = [name for name in ("loss", "grad_norm") if logs.get(name) is not None
+               and not math.isfinite(float(logs[name]))]
+        if bad:
+            # Raised from the log hook, which runs before this step's checkpoint is saved: the checkpoints on
+            # disk all predate the bad step.
+            raise NonFiniteLoss(f"the {' and '.join(bad)} became {logs[bad[0]]} at step {state.global_step}")
         entry = {
             "step": state.global_step,
             "epoch": round(state.epoch or 0.0, 4),
@@ -108,8 +145,11 @@ def make_trainer(
     eval: Dataset | None,
     callbacks: list[TrainerCallback],
     own_cpu_loss: bool,
+    early_stopping_patience: int = 0,
 ) -> SFTTrainer:
-    """An SFTTrainer whose loss also works without CUDA."""
+    """An SFTTrainer whose loss also works without CUDA (and that stops early when asked)."""
+    if early_stopping_patience:
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)]
     # Subclass at call time: under Unsloth, trl.SFTTrainer is Unsloth's replacement by now.
     base = SFTTrainer
 

@@ -24,7 +24,7 @@ def capture_cli(*args: str) -> tuple[int, TrainConfig | None, str]:
     """Run the real CLI with a runner that records the resolved config instead of training."""
     seen: list[TrainConfig] = []
 
-    def fake_run(cfg: TrainConfig, backend: Backend, dry_run: bool = False) -> int:
+    def fake_run(cfg: TrainConfig, backend: Backend, options=None) -> int:
         seen.append(cfg)
         return 0
 
@@ -154,6 +154,13 @@ def test_role_map_may_be_a_yaml_mapping(tmp_path: Path):
 def test_dry_run_reaches_the_runner_as_a_mode_not_a_config_field():
     seen = []
     cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None),
-                    run=lambda cfg, backend, dry_run=False: seen.append(dry_run) or 0)
-    assert CliRunner().invoke(cli, ["--dry-run"]).exit_code == 0 and seen == [True]
-    assert "dry_run" not in TrainConfig.__dataclass_fields__
+                    run=lambda cfg, backend, options: seen.append(options) or 0)
+    assert CliRunner().invoke(cli, ["--dry-run"]).exit_code == 0 and seen[-1].dry_run
+    assert CliRunner().invoke(cli, ["--resume"]).exit_code == 0 and seen[-1].resume == "latest"
+    assert CliRunner().invoke(cli, ["--resume", "ck/checkpoint-4"]).exit_code == 0 and seen[-1].resume == "ck/checkpoint-4"
+    assert "dry_run" not in TrainConfig.__dataclass_fields__ and "resume" not in TrainConfig.__dataclass_fields__
+
+
+def test_resume_and_overwrite_contradict_each_other():
+    code, cfg, output = capture_cli("--resume", "--overwrite")
+    assert code == 2 and cfg is None and "pick one" in output

@@ -1,0 +1,55 @@
+"""Checks against the model before any weight loads, and advice when memory runs out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from llama_lora.config import TrainConfig
+from llama_lora.errors import UsageError
+
+
+def check_model(cfg: TrainConfig, path: str) -> None:
+    """Reject a max length beyond the model's positions and LoRA targets the model does not have."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {cfg.model}: cannot read its config ({err})") from err
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and cfg.max_seq_length > limit:
+        raise UsageError(f"--max-seq-length {cfg.max_seq_length} is above {cfg.model}'s limit of {limit} positions")
+    if "all-linear" in cfg.target_modules:
+        return
+    linear = linear_module_names(config)
+    missing = [name for name in cfg.target_modules if name not in linear]
+    if missing:
+        raise UsageError(f"--target-modules: {', '.join(missing)} not found in {cfg.model}; its linear modules are "
+                         f"{', '.join(sorted(linear))}")
+
+
+def linear_module_names(config: Any) -> set[str]:
+    """Short names of the model's linear layers, from an empty (meta-device) model: no weights, no memory."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def oom_advice(cfg: TrainConfig, peak_gb: float, total_gb: float) -> str:
+    """What to change after a CUDA out-of-memory error, most effective first, as concrete flags."""
+    steps = []
+    if not cfg.load_in_4bit:
+        steps.append("--load-in-4bit (QLoRA: the base weights take a quarter of the memory)")
+    if cfg.batch_size > 1:
+        steps.append(f"--batch-size {cfg.batch_size // 2} --grad-accum {cfg.grad_accum * 2} "
+                     "(same effective batch, half the activations)")
+    if not cfg.gradient_checkpointing:
+        steps.append("--gradient-checkpointing (recompute activations instead of storing them)")
+    if cfg.max_seq_length > 512:
+        steps.append(f"--max-seq-length {cfg.max_seq_length // 2} (check the audit for how many rows that drops)")
+    if "8bit" not in cfg.optim:
+        steps.append("--optim paged_adamw_8bit (smaller optimizer state)")
+    lines = [f"CUDA ran out of memory: peak {peak_gb:.1f} GB allocated of {total_gb:.1f} GB on the GPU.",
+             "Try, in this order:"] + [f"  {step}" for step in steps]
+    return "\n".join(lines)
