@@ -125,6 +125,13 @@ def loss_difference(a: list[float], b: list[float]) -> dict[str, Any]:
     return {"steps": len(diffs), "mean": round(sum(diffs) / len(diffs), 6), "max": round(max(diffs), 6)}
 
 
+def _peak(run: dict[str, Any]) -> str:
+    """Peak GPU memory allocated, or on CPU the process's peak RSS, marked as such."""
+    if run.get("peak_allocated_gb") is not None:
+        return str(run["peak_allocated_gb"])
+    return f"{run['peak_rss_gb']} (CPU RSS)" if run.get("peak_rss_gb") is not None else "-"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The results table, the environment and the command."""
     env = result["environment"]
@@ -141,7 +148,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
             lines.append(
                 f"| {name} | {backend} | {r.get('median_tokens_per_s') or '-'} | {r.get('warmup_s', '-')} | "
-                f"{r.get('peak_allocated_gb', '-')} | {r.get('peak_reserved_gb', '-')} | {pct(r.get('mfu_4n'))} | "
+                f"{_peak(r)} | {r.get('peak_reserved_gb') or '-'} | {pct(r.get('mfu_4n'))} | "
                 f"{pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {r['status']} |")
     lines.append("")
     for name, config in result["configs"].items():
