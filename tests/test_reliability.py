@@ -49,12 +49,17 @@ def uninterrupted(tmp_path_factory, smollm2_path) -> tuple[Path, subprocess.Comp
     return root / "straight", result
 
 
-def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted):
+@pytest.mark.parametrize("script", ["lora_peft_finetuning.py", "lora_unsloth_finetuning.py"])
+def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, script):
     straight, _ = uninterrupted
     data = straight.parent / "data.jsonl"
-    out = straight.parent / "killed"
+    if script != "lora_peft_finetuning.py":  # the fixture's uninterrupted run is PEFT's
+        straight = straight.parent / f"straight-{script[:-3]}"
+        assert run(command(data, straight, script=script)).returncode == 0
+    out = straight.parent / f"killed-{script[:-3]}"
     staging = out.with_name(f".{out.name}.partial")
-    process = subprocess.Popen(command(data, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command(data, out, script=script), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (staging / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         assert process.poll() is None, "the run ended before it could be killed"
@@ -65,10 +70,10 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted):
     assert not out.exists()  # nothing that looks finished
     assert json.loads((staging / "metrics.json").read_text())["status"] == "running"
 
-    refused = run(command(data, out))  # a plain re-run must not discard the checkpoints
+    refused = run(command(data, out, script=script))  # a plain re-run must not discard the checkpoints
     assert refused.returncode == 2 and "--resume continues it" in refused.stderr
 
-    resumed = run(command(data, out, "--resume"))
+    resumed = run(command(data, out, "--resume", script=script))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not staging.exists()
     metrics = json.loads((out / "metrics.json").read_text())
