@@ -50,7 +50,6 @@ class Prepared:
     train: Split
     eval: Split | None
     labels: list[str] | None  # classification label set
-    examples: dict[str, list[Example]]  # the formatted examples, for the dry-run preview
 
 
 def load_examples(cfg: TrainConfig) -> tuple[str, dict[str, list[Example]], dict[str, str], list[str] | None]:
@@ -108,7 +107,7 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
         reasons = "; ".join(f"{len(w)} {reason}" for reason, w in splits["train"].dropped.items())
         raise DataError(f"{sources['train']}: no training row left ({reasons}). Raise --max-seq-length "
                         "or use --overlength truncate")
-    return Prepared(fmt, splits["train"], splits["eval"], labels, examples)
+    return Prepared(fmt, splits["train"], splits["eval"], labels)
 
 
 def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, workers: int = 1) -> list[dict[str, Any]]:

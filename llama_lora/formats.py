@@ -101,13 +101,14 @@ def to_examples(rows: Rows, fmt: str, role_map: dict[str, str], labels: list[str
     return examples
 
 
-def _string(record: dict[str, Any], where: str, field: str, optional: bool = False) -> str:
+def _string(record: dict[str, Any], where: str, field: str, optional: bool = False, path: str = "") -> str:
+    """record[field] as a non-empty string; `path` names a nested field in the error (messages[1].content)."""
     value = record.get(field)
     if optional and value in (None, ""):
         return ""
     if not isinstance(value, str) or not value.strip():
         got = "missing" if field not in record else f"got {value!r:.40}"
-        raise DataError(f"{where}: field '{field}': expected a non-empty string ({got})")
+        raise DataError(f"{where}: field '{path or field}': expected a non-empty string ({got})")
     return value
 
 
@@ -136,16 +137,9 @@ def _turns(turns: list[Any], where: str, field: str, role_key: str, content_key:
         if role not in role_map:
             raise DataError(f"{where}: field '{name}.{role_key}': unknown role {role!r}, expected one of "
                             f"{', '.join(sorted(role_map))} (add names with --role-map name=role)")
-        content = _content(turn, where, f"{name}.{content_key}", content_key)
+        content = _string(turn, where, content_key, path=f"{name}.{content_key}")
         messages.append({"role": role_map[role], "content": content})
     return messages
-
-
-def _content(turn: dict[str, Any], where: str, name: str, key: str) -> str:
-    value = turn.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{name}': expected a non-empty string")
-    return value
 
 
 def _alpaca(record: dict[str, Any], where: str) -> Example:

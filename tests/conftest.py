@@ -10,6 +10,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_script(relative: str):
+    """Import a top-level script (an entry point or benchmark) as a module, the way its tests need it."""
+    import importlib.util
+    import sys
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

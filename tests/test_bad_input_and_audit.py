@@ -3,7 +3,6 @@ naming file, line and field, and nothing written; --dry-run prints the audit and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,15 +13,12 @@ from llama_lora.audit import build_audit, percentiles, render_marked
 from llama_lora.config import TrainConfig
 from llama_lora.data import prepare
 
-from conftest import REPO, dialogue, write_jsonl
+from conftest import dialogue, load_script, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def peft_cli():
-    spec = importlib.util.spec_from_file_location("lora_peft_finetuning", REPO / "lora_peft_finetuning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("lora_peft_finetuning.py").main
 
 
 GOOD = json.dumps(dialogue("ok?", "ok."))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from llama_lora.compare import PARITY_TOLERANCE, compare, fairness, load_run, loss_parity, write_report
 
-from conftest import REPO
+from conftest import load_script
 
 
 def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: float, **changes) -> dict:
@@ -105,12 +105,7 @@ def test_a_folder_without_a_completed_run_is_refused(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_backends", REPO / "compare_backends.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("compare_backends.py").main
 
 
 def test_cli_compares_two_named_folders_and_exits_3_when_unfair(cli, tmp_path: Path):

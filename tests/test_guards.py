@@ -82,18 +82,15 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
 
 
 def test_pickled_weights_are_never_loaded(tmp_path: Path, smollm2_path):
-    import importlib.util
     import shutil
 
-    from conftest import REPO
+    from conftest import load_script
 
     folder = tmp_path / "pickled"
     folder.mkdir()
     shutil.copy(Path(smollm2_path) / "config.json", folder)
     (folder / "pytorch_model.bin").write_bytes(b"not even read")
-    spec = importlib.util.spec_from_file_location("peft_script", REPO / "lora_peft_finetuning.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("lora_peft_finetuning.py")
     cfg = resolve(TrainConfig(model=str(folder)), "peft", CPU)
     with pytest.raises(OSError, match="safetensors"):
         script.load(cfg, str(folder))

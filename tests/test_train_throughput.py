@@ -3,17 +3,11 @@ search, and that configurations A-D are the ones the benchmark promises."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench  # dataclasses look their module up
-spec.loader.exec_module(bench)
+bench = load_script("benchmarks/train_throughput.py")
 
 
 def log(steps: list[tuple[int, float]]) -> list[dict]:
