@@ -30,7 +30,15 @@ if [[ -n "$DOWNLOAD" ]]; then
     exit 0
 fi
 
-"$PYTHON" -m pip install "${SOURCE[@]}" -r requirements.txt
+# A CUDA build of torch already installed (a GPU machine's image) is kept: the pin names the CPU build.
+REQUIREMENTS=requirements.txt
+if "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
+    REQUIREMENTS=$(mktemp)
+    trap 'rm -f "$REQUIREMENTS"' EXIT
+    grep -v '^torch==' requirements.txt > "$REQUIREMENTS"
+    echo "Keeping the installed CUDA torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+fi
+"$PYTHON" -m pip install "${SOURCE[@]}" -r "$REQUIREMENTS"
 # pip cannot mark single lines of a requirements file --no-deps, hence a second file (reasons inside it).
 "$PYTHON" -m pip install "${SOURCE[@]}" --no-deps -r requirements-nodeps.txt
 if [[ "$DEV" == 1 ]]; then

@@ -56,7 +56,7 @@ class Setup:
     flags: dict[str, Any]
     seq_len: int
     search: str | None = None
-    steps: int = 13
+    steps: int = 10
     warmup: int = 3
 
 
@@ -64,7 +64,7 @@ def configs(cpu: bool) -> dict[str, Setup]:
     """The four configurations of the benchmark (CPU mode: same shapes of run, lengths scaled down)."""
     optim_8bit = "adamw_torch_fused" if cpu else "adamw_8bit"  # bitsandbytes 8-bit optimizers are GPU-only
     scale = 8 if cpu else 1
-    steps, warmup = (4, 1) if cpu else (13, 3)
+    steps, warmup = (4, 1) if cpu else (10, 3)
     qlora = {"load_in_4bit": True, "r": 32, "lora_alpha": 32, "gradient_checkpointing": True, "optim": optim_8bit}
     return {
         "A": Setup("A", "QLoRA nf4 r=32, seq 2048, batch 2 x 4, 8-bit AdamW, checkpointing (Unsloth's published setup)",
@@ -132,27 +132,36 @@ def _peak(run: dict[str, Any]) -> str:
     return f"{run['peak_rss_gb']} (CPU RSS)" if run.get("peak_rss_gb") is not None else "-"
 
 
+def _pct(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The results table, the environment and the command."""
     env = result["environment"]
+    commands = result.get("commands") or [result["command"]]
     lines = [f"# Training throughput: {env['device']}, {result['date']}", "",
-             f"Command: `{result['command']}`  ", f"Model: {result['model']}  ",
+             *[f"Command: `{command}`  " for command in commands], f"Model: {result['model']}  ",
              f"Environment: {', '.join(f'{k} {v}' for k, v in env['libraries'].items() if v)}"
              + (f", driver {env['driver']}" if env.get("driver") else ""), "",
-             "| config | backend | tokens/s (median) | warm-up s | peak alloc GB | peak reserved GB | MFU 4N "
-             "| MFU w/ recompute | max length | status |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, config in result["configs"].items():
+             "| config | backend | batch x length | tokens/s (median) | warm-up s | peak alloc GB | peak reserved GB "
+             "| MFU 4N | MFU w/ recompute | max length | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, config in sorted(result["configs"].items()):
         for backend, r in config["backends"].items():
-            def pct(value: float | None) -> str:
-                return f"{value:.1%}" if value is not None else "-"
-
+            shape = f"{r['batch_size']} x {r['seq_len']}" if r.get("seq_len") else "-"
             lines.append(
-                f"| {name} | {backend} | {r.get('median_tokens_per_s') or '-'} | {r.get('warmup_s', '-')} | "
-                f"{_peak(r)} | {r.get('peak_reserved_gb') or '-'} | {pct(r.get('mfu_4n'))} | "
-                f"{pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {r['status']} |")
+                f"| {name} | {backend} | {shape} | {r.get('median_tokens_per_s') or '-'} | {r.get('warmup_s', '-')} | "
+                f"{_peak(r)} | {r.get('peak_reserved_gb') or '-'} | {_pct(r.get('mfu_4n'))} | "
+                f"{_pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {r['status']} |")
     lines.append("")
-    for name, config in result["configs"].items():
+    for name, config in sorted(result["configs"].items()):
         lines.append(f"- **{name}**: {config['title']}. Loss difference Unsloth vs PEFT: {config['loss_difference']}")
+        for backend, r in config["backends"].items():
+            if r.get("trials"):
+                searched = "seq_len" if "max_seq_length" in r else "batch_size"  # D searches the length
+                tried = ", ".join(f"{t[searched]}: {'ok' if t['exit'] == 0 else 'OOM' if t['oom'] else 'error'}"
+                                  for t in r["trials"])
+                lines.append(f"  - {backend}, {searched} search (one training step each): {tried}")
     return "\n".join(lines) + "\n"
 
 
@@ -201,9 +210,20 @@ def synthetic_rows(folder: Path, seq_len: int, n_rows: int, seed: int = 0) -> Pa
     return path
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One training process: its exit status, run folder, whether it ran out of GPU memory, its log."""
+
+    code: int
+    out: Path
+    oom: bool
+    log: Path
+    seconds: float
+
+
 def train(backend: str, model: str, setup: Setup, flags: dict[str, Any], seq_len: int, steps: int,
-          work: Path) -> tuple[int, Path, str]:
-    """One training process through the entry script; returns (exit status, run folder, stderr tail)."""
+          work: Path) -> Trial:
+    """One training process through the entry script; its whole output is kept under work/logs."""
     batch = flags.get("batch_size", 1) * flags.get("grad_accum", 1)
     data = synthetic_rows(work / "data", seq_len, steps * batch)
     out = work / "runs" / f"{setup.name}-{backend}-{seq_len}-{flags.get('batch_size')}"
@@ -215,8 +235,15 @@ def train(backend: str, model: str, setup: Setup, flags: dict[str, Any], seq_len
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
         args += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    return done.returncode, out, done.stderr[-2000:]
+    log = work / "logs" / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log.open("w") as sink:
+        done = subprocess.run(args, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
+    # The pipeline reports a CUDA OOM as "CUDA ran out of memory" (guards.oom_advice); anything else is a bug
+    # to look at, never a sign that the configuration is too large.
+    oom = done.returncode != 0 and "CUDA ran out of memory" in log.read_text(errors="replace")
+    return Trial(done.returncode, out, oom, log, round(time.perf_counter() - started, 1))
 
 
 def largest(fits: Any, start: int, step: int, limit: int) -> int:
@@ -243,22 +270,44 @@ def largest(fits: Any, start: int, step: int, limit: int) -> int:
     return good
 
 
+class ProbeFailed(RuntimeError):
+    """A search probe failed for a reason other than running out of memory."""
+
+
+def probe(trials: list[dict[str, Any]], backend: str, model: str, setup: Setup, flags: dict[str, Any],
+          seq_len: int, work: Path) -> bool:
+    """One training step: True if it completed, False on CUDA OOM; any other failure stops the search."""
+    trial = train(backend, model, setup, flags, seq_len, 1, work)
+    trials.append({"batch_size": flags.get("batch_size"), "seq_len": seq_len, "exit": trial.code,
+                   "oom": trial.oom, "seconds": trial.seconds})
+    if trial.code != 0 and not trial.oom:
+        raise ProbeFailed(f"exit {trial.code}, see {trial.log}: {trial.log.read_text(errors='replace')[-1500:]}")
+    return trial.code == 0
+
+
 def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, peak: float | None,
-              cpu: bool) -> dict[str, Any]:
+              cpu: bool, max_context: int) -> dict[str, Any]:
     """Train one backend in one configuration (after its search, if any) and summarise it."""
     flags, seq_len = dict(setup.flags), setup.seq_len
-    if setup.search == "batch_size":
-        flags["batch_size"] = largest(lambda b: train(backend, model, setup, {**flags, "batch_size": b}, seq_len,
-                                                      1, work)[0] == 0, 1, 1, 4 if cpu else 64)
-    if setup.search == "max_seq_length":
-        seq_len = largest(lambda n: train(backend, model, setup, flags, n, 1, work)[0] == 0,
-                          256 if cpu else 8192, 128 if cpu else 1024, 1024 if cpu else 131072)
-        return {"status": "ok" if seq_len else "nothing fits", "max_seq_length": seq_len}
+    trials: list[dict[str, Any]] = []
+    try:
+        if setup.search == "batch_size":
+            flags["batch_size"] = largest(lambda b: probe(trials, backend, model, setup, {**flags, "batch_size": b},
+                                                          seq_len, work), 1, 1, 4 if cpu else 64)
+        if setup.search == "max_seq_length":
+            seq_len = largest(lambda n: probe(trials, backend, model, setup, flags, n, work),
+                              256 if cpu else 8192, 128 if cpu else 1024, max_context)
+            return {"status": "ok" if seq_len else "nothing fits", "max_seq_length": seq_len,
+                    "search_cap": max_context, "trials": trials}
+    except ProbeFailed as err:
+        return {"status": "search failed", "error": str(err), "trials": trials}
     if not flags.get("batch_size"):
-        return {"status": "nothing fits"}
-    code, out, stderr = train(backend, model, setup, flags, seq_len, setup.steps, work)
-    if code != 0:
-        return {"status": f"failed (exit {code})", "stderr": stderr}
+        return {"status": "nothing fits", "trials": trials}
+    trial = train(backend, model, setup, flags, seq_len, setup.steps, work)
+    if trial.code != 0:
+        return {"status": f"failed (exit {trial.code}{', OOM' if trial.oom else ''})", "trials": trials,
+                "error": trial.log.read_text(errors="replace")[-1500:]}
+    out = trial.out
     metrics = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     speed = throughput(log, setup.warmup)
@@ -267,7 +316,8 @@ def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, p
         "status": "ok", "batch_size": flags.get("batch_size"), "seq_len": seq_len, **speed,
         **mfu(speed["median_tokens_per_s"], matmul, peak, bool(flags.get("gradient_checkpointing"))),
         "peak_allocated_gb": memory.get("gpu_peak_allocated_gb"), "peak_reserved_gb": memory.get("gpu_peak_reserved_gb"),
-        "peak_rss_gb": memory.get("cpu_peak_rss_gb"), "losses": [entry["loss"] for entry in log],
+        "peak_rss_gb": memory.get("cpu_peak_rss_gb"), "load_s": metrics["runtime_s"]["load"],
+        "losses": [entry["loss"] for entry in log], "trials": trials,
         "libraries": metrics["libraries"], "device": metrics["device"],
     }
 
@@ -305,7 +355,10 @@ def peak_flops(device: str, override: float | None) -> float | None:
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/.work"), show_default=True,
               help="Where the 8B checkpoint (16 GB), synthetic data and runs go.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: Path, out: Path) -> None:
+@click.option("--max-context", type=int, default=131072, show_default=True,
+              help="Where D's search stops: Llama 3.1's trained context (max_position_embeddings).")
+def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: Path, out: Path,
+         max_context: int) -> None:
     import torch
 
     cpu = cpu or not torch.cuda.is_available()
@@ -313,25 +366,49 @@ def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: 
     model, matmul = build_model(work / "llama-3.1-8b-random", cpu)
     peak = None if cpu else peak_flops(env["device"], peak_tflops)
     setups = configs(cpu)
+    command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
     result: dict[str, Any] = {
-        "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"), "model": "embedded SmolLM2-135M" if cpu else
-        "Llama-3.1-8B architecture, random weights", "matmul_parameters": matmul, "peak_flops": peak,
-        "environment": env, "configs": {},
+        "commands": [command], "date": time.strftime("%Y-%m-%d"),
+        "model": "embedded SmolLM2-135M" if cpu else "Llama-3.1-8B architecture, random weights",
+        "matmul_parameters": matmul, "peak_flops": peak, "environment": env, "configs": {},
     }
+    stem = out / f"{'cpu' if cpu else env['device'].replace(' ', '-')}-{result['date']}"
+    result = merged_with_earlier(stem.with_suffix(".json"), result)
     for name in names.split(","):
         setup = setups[name]
-        runs = {backend: run_setup(backend, model, setup, work, matmul, peak, cpu) for backend in backends.split(",")}
-        losses = [runs[b].get("losses", []) for b in ("peft", "unsloth") if b in runs]
-        result["configs"][name] = {"title": setup.title, "backends": runs,
-                                   "loss_difference": loss_difference(*losses) if len(losses) == 2 else None}
-        print(json.dumps({name: {b: {k: v for k, v in r.items() if k not in ("losses", "libraries", "stderr")}
-                                 for b, r in runs.items()}}))
-    stem = out / f"{'cpu' if cpu else env['device'].replace(' ', '-')}-{result['date']}"
-    out.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(result))
+        runs: dict[str, Any] = {}
+        result["configs"][name] = {"title": setup.title, "command": command, "backends": runs,
+                                   "loss_difference": None}
+        for backend in backends.split(","):
+            runs[backend] = run_setup(backend, model, setup, work, matmul, peak, cpu,
+                                      min(max_context, 1024) if cpu else max_context)
+            print(json.dumps({name: {backend: {k: v for k, v in runs[backend].items()
+                                               if k not in ("losses", "libraries", "error")}}}), flush=True)
+            losses = [runs[b].get("losses", []) for b in ("peft", "unsloth") if b in runs]
+            result["configs"][name]["loss_difference"] = loss_difference(*losses) if len(losses) == 2 else None
+            write_results(stem, result)  # after every run, so a stopped benchmark keeps what it measured
     print(to_markdown(result))
+
+
+def merged_with_earlier(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Configurations run by separate commands on the same day, device and libraries share one record
+    (a GPU lease may not fit all four in one go); a different environment starts a new record."""
+    if not path.exists():
+        return result
+    earlier = json.loads(path.read_text())
+    if earlier.get("environment") != result["environment"] or earlier.get("model") != result["model"]:
+        raise click.UsageError(f"{path} was measured in another environment; move it away or use --out")
+    return {**result, "commands": [*earlier.get("commands", []), *result["commands"]],
+            "configs": dict(earlier.get("configs", {}))}
+
+
+def write_results(stem: Path, result: dict[str, Any]) -> None:
+    """The JSON record and the markdown table, each written whole then renamed into place."""
+    from llama_lora.records import write_json, write_text
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), result)
+    write_text(stem.with_suffix(".md"), to_markdown(result))
 
 
 if __name__ == "__main__":

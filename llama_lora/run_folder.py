@@ -19,6 +19,7 @@ import yaml
 
 from llama_lora.config import RunOptions, TrainConfig, to_record
 from llama_lora.errors import UsageError
+from llama_lora.records import write_json
 
 CHECKPOINTS = "checkpoints"
 # Options that may change between a crash and its resume without changing what is trained.
@@ -90,9 +91,7 @@ def fresh(staging: Path) -> None:
 
 def write_status(staging: Path, record: dict[str, Any]) -> None:
     """metrics.json, replaced whole so a reader never sees half a file."""
-    tmp = staging / f".metrics.json.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(staging / "metrics.json")
+    write_json(staging / "metrics.json", record)
 
 
 def finish(output_dir: Path, staging: Path) -> None:

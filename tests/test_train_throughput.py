@@ -73,5 +73,35 @@ def test_markdown_report_has_a_row_per_backend_and_config():
                                        "unsloth": {"status": "ok", "median_tokens_per_s": 120.0}}}},
     }
     text = bench.to_markdown(result)
-    assert "| A | peft | 90.5 | - | - | - | 41.0% | - | - | ok |" in text
-    assert "| A | unsloth | 120.0 |" in text and "Command: `python benchmarks/train_throughput.py --cpu`" in text
+    assert "| A | peft | - | 90.5 | - | - | - | 41.0% | - | - | ok |" in text
+    assert "| A | unsloth | - | 120.0 |" in text and "Command: `python benchmarks/train_throughput.py --cpu`" in text
+
+
+def test_search_stops_on_a_failure_that_is_not_out_of_memory(monkeypatch, tmp_path):
+    # A crash must not read as "does not fit": that would publish a bug as a memory limit. (The GPU cannot
+    # exist here, so train() is replaced by a stand-in that reports how each probe ended.)
+    outcomes = {8192: (0, False), 16384: (1, True), 12288: (1, False)}
+
+    def fake_train(backend, model, setup, flags, seq_len, steps, work):
+        code, oom = outcomes[seq_len]
+        log = tmp_path / f"{seq_len}.log"
+        log.write_text("CUDA ran out of memory" if oom else "Traceback: KeyError")
+        return bench.Trial(code, tmp_path, oom, log, 1.0)
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    setup = bench.configs(cpu=False)["D"]
+    result = bench.run_setup("peft", "m", setup, tmp_path, 1, None, cpu=False, max_context=131072)
+    assert result["status"] == "search failed" and "KeyError" in result["error"]
+    assert [(t["seq_len"], t["oom"]) for t in result["trials"]] == [(8192, False), (16384, True), (12288, False)]
+
+
+def test_configurations_run_by_separate_commands_share_one_record(tmp_path):
+    env = {"device": "NVIDIA H100 80GB HBM3", "libraries": {"torch": "2.11.0"}}
+    first = {"commands": ["... --configs A"], "date": "2026-11-23", "model": "m", "environment": env,
+             "configs": {"A": {"title": "a", "backends": {}, "loss_difference": None}}}
+    bench.write_results(tmp_path / "gpu", first)
+    second = {"commands": ["... --configs C"], "model": "m", "environment": env, "configs": {}}
+    merged = bench.merged_with_earlier(tmp_path / "gpu.json", second)
+    assert merged["commands"] == ["... --configs A", "... --configs C"] and list(merged["configs"]) == ["A"]
+    with pytest.raises(bench.click.UsageError, match="another environment"):
+        bench.merged_with_earlier(tmp_path / "gpu.json", {**second, "environment": {**env, "device": "CPU"}})
