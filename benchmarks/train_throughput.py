@@ -285,20 +285,35 @@ def probe(trials: list[dict[str, Any]], backend: str, model: str, setup: Setup, 
     return trial.code == 0
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where the searches of C (batch) and D (length) start and stop; `batch_size` skips C's search."""
+
+    max_context: int = 131072  # Llama 3.1's trained context (max_position_embeddings)
+    length_start: int = 8192
+    length_step: int = 1024
+    batch_size: int | None = None
+
+    @classmethod
+    def for_cpu(cls) -> "Search":
+        return cls(max_context=1024, length_start=256, length_step=128)
+
+
 def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, peak: float | None,
-              cpu: bool, max_context: int) -> dict[str, Any]:
+              cpu: bool, search: Search) -> dict[str, Any]:
     """Train one backend in one configuration (after its search, if any) and summarise it."""
     flags, seq_len = dict(setup.flags), setup.seq_len
     trials: list[dict[str, Any]] = []
     try:
         if setup.search == "batch_size":
-            flags["batch_size"] = largest(lambda b: probe(trials, backend, model, setup, {**flags, "batch_size": b},
-                                                          seq_len, work), 1, 1, 4 if cpu else 64)
+            flags["batch_size"] = search.batch_size or largest(
+                lambda b: probe(trials, backend, model, setup, {**flags, "batch_size": b}, seq_len, work),
+                1, 1, 4 if cpu else 64)
         if setup.search == "max_seq_length":
             seq_len = largest(lambda n: probe(trials, backend, model, setup, flags, n, work),
-                              256 if cpu else 8192, 128 if cpu else 1024, max_context)
+                              search.length_start, search.length_step, search.max_context)
             return {"status": "ok" if seq_len else "nothing fits", "max_seq_length": seq_len,
-                    "search_cap": max_context, "trials": trials}
+                    "search_cap": search.max_context, "trials": trials}
     except ProbeFailed as err:
         return {"status": "search failed", "error": str(err), "trials": trials}
     if not flags.get("batch_size"):
@@ -355,10 +370,15 @@ def peak_flops(device: str, override: float | None) -> float | None:
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/.work"), show_default=True,
               help="Where the 8B checkpoint (16 GB), synthetic data and runs go.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-@click.option("--max-context", type=int, default=131072, show_default=True,
+@click.option("--max-context", type=int, default=Search.max_context, show_default=True,
               help="Where D's search stops: Llama 3.1's trained context (max_position_embeddings).")
+@click.option("--length-start", type=int, default=Search.length_start, show_default=True,
+              help="D's search doubles from this length (a shorter one fits if this one does).")
+@click.option("--length-step", type=int, default=Search.length_step, show_default=True,
+              help="D's bisection stops at this granularity.")
+@click.option("--batch-size", type=int, help="Run C at this batch instead of searching for the largest.")
 def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: Path, out: Path,
-         max_context: int) -> None:
+         max_context: int, length_start: int, length_step: int, batch_size: int | None) -> None:
     import torch
 
     cpu = cpu or not torch.cuda.is_available()
@@ -374,14 +394,14 @@ def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: 
     }
     stem = out / f"{'cpu' if cpu else env['device'].replace(' ', '-')}-{result['date']}"
     result = merged_with_earlier(stem.with_suffix(".json"), result)
+    search = Search.for_cpu() if cpu else Search(max_context, length_start, length_step, batch_size)
     for name in names.split(","):
         setup = setups[name]
-        runs: dict[str, Any] = {}
-        result["configs"][name] = {"title": setup.title, "command": command, "backends": runs,
-                                   "loss_difference": None}
+        earlier = result["configs"].get(name, {}).get("backends", {})
+        runs: dict[str, Any] = {b: r for b, r in earlier.items() if b not in backends.split(",")}
+        result["configs"][name] = {"title": setup.title, "backends": runs, "loss_difference": None}
         for backend in backends.split(","):
-            runs[backend] = run_setup(backend, model, setup, work, matmul, peak, cpu,
-                                      min(max_context, 1024) if cpu else max_context)
+            runs[backend] = {**run_setup(backend, model, setup, work, matmul, peak, cpu, search), "command": command}
             print(json.dumps({name: {backend: {k: v for k, v in runs[backend].items()
                                                if k not in ("losses", "libraries", "error")}}}), flush=True)
             losses = [runs[b].get("losses", []) for b in ("peft", "unsloth") if b in runs]

@@ -90,7 +90,7 @@ def test_search_stops_on_a_failure_that_is_not_out_of_memory(monkeypatch, tmp_pa
 
     monkeypatch.setattr(bench, "train", fake_train)
     setup = bench.configs(cpu=False)["D"]
-    result = bench.run_setup("peft", "m", setup, tmp_path, 1, None, cpu=False, max_context=131072)
+    result = bench.run_setup("peft", "m", setup, tmp_path, 1, None, cpu=False, search=bench.Search())
     assert result["status"] == "search failed" and "KeyError" in result["error"]
     assert [(t["seq_len"], t["oom"]) for t in result["trials"]] == [(8192, False), (16384, True), (12288, False)]
 
