@@ -125,6 +125,17 @@ def loss_difference(a: list[float], b: list[float]) -> dict[str, Any]:
     return {"steps": len(diffs), "mean": round(sum(diffs) / len(diffs), 6), "max": round(max(diffs), 6)}
 
 
+def parity(runs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The loss difference of the two backends, only when both trained on the same batches (C's searched batch
+    sizes may differ, and then the per-step losses are not comparable)."""
+    if {"peft", "unsloth"} - runs.keys():
+        return None
+    a, b = runs["peft"], runs["unsloth"]
+    if not a.get("losses") or (a.get("batch_size"), a.get("seq_len")) != (b.get("batch_size"), b.get("seq_len")):
+        return None
+    return loss_difference(a["losses"], b.get("losses", []))
+
+
 def _peak(run: dict[str, Any]) -> str:
     """Peak GPU memory allocated, or on CPU the process's peak RSS, marked as such."""
     if run.get("peak_allocated_gb") is not None:
@@ -159,10 +170,20 @@ def to_markdown(result: dict[str, Any]) -> str:
         for backend, r in config["backends"].items():
             if r.get("trials"):
                 searched = "seq_len" if "max_seq_length" in r else "batch_size"  # D searches the length
-                tried = ", ".join(f"{t[searched]}: {'ok' if t['exit'] == 0 else 'OOM' if t['oom'] else 'error'}"
-                                  for t in r["trials"])
+                tried = ", ".join(f"{t[searched]}: {_outcome(t)}" for t in r["trials"])
                 lines.append(f"  - {backend}, {searched} search (one training step each): {tried}")
+    lines += ["", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def _outcome(trial: dict[str, Any]) -> str:
+    """How one search probe ended, with its peak memory when it completed."""
+    if trial.get("stopped"):
+        return "stopped by the time limit"
+    if trial["exit"] == 0:
+        peak = trial.get("peak_allocated_gb")
+        return f"ok ({peak} GB)" if peak is not None else "ok"
+    return "OOM" if trial["oom"] else "error"
 
 
 # --------------------------------------------------------------------------------------------- the runs
@@ -278,8 +299,12 @@ def probe(trials: list[dict[str, Any]], backend: str, model: str, setup: Setup, 
           seq_len: int, work: Path) -> bool:
     """One training step: True if it completed, False on CUDA OOM; any other failure stops the search."""
     trial = train(backend, model, setup, flags, seq_len, 1, work)
+    peak = None
+    if trial.code == 0:
+        peak = json.loads((trial.out / "metrics.json").read_text())["memory"]["after_training"].get(
+            "gpu_peak_allocated_gb")
     trials.append({"batch_size": flags.get("batch_size"), "seq_len": seq_len, "exit": trial.code,
-                   "oom": trial.oom, "seconds": trial.seconds})
+                   "oom": trial.oom, "seconds": trial.seconds, "peak_allocated_gb": peak})
     if trial.code != 0 and not trial.oom:
         raise ProbeFailed(f"exit {trial.code}, see {trial.log}: {trial.log.read_text(errors='replace')[-1500:]}")
     return trial.code == 0
@@ -404,8 +429,7 @@ def main(names: str, backends: str, cpu: bool, peak_tflops: float | None, work: 
             runs[backend] = {**run_setup(backend, model, setup, work, matmul, peak, cpu, search), "command": command}
             print(json.dumps({name: {backend: {k: v for k, v in runs[backend].items()
                                                if k not in ("losses", "libraries", "error")}}}), flush=True)
-            losses = [runs[b].get("losses", []) for b in ("peft", "unsloth") if b in runs]
-            result["configs"][name]["loss_difference"] = loss_difference(*losses) if len(losses) == 2 else None
+            result["configs"][name]["loss_difference"] = parity(runs)
             write_results(stem, result)  # after every run, so a stopped benchmark keeps what it measured
     print(to_markdown(result))
 

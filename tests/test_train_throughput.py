@@ -52,6 +52,13 @@ def test_loss_difference_is_relative_to_peft():
     assert bench.loss_difference([2.0, 1.0], [2.0, 1.1]) == {"steps": 2, "mean": 0.05, "max": 0.1}
 
 
+def test_losses_are_compared_only_when_both_backends_trained_on_the_same_batches():
+    peft = {"batch_size": 2, "seq_len": 4096, "losses": [2.0, 1.0]}
+    assert bench.parity({"peft": peft, "unsloth": {**peft, "losses": [2.0, 1.1]}})["max"] == 0.1
+    assert bench.parity({"peft": peft, "unsloth": {**peft, "batch_size": 4, "losses": [2.0, 1.1]}}) is None
+    assert bench.parity({"peft": peft}) is None
+
+
 def test_configurations_are_the_published_setups():
     gpu = bench.configs(cpu=False)
     assert gpu["A"].flags == {"load_in_4bit": True, "r": 32, "lora_alpha": 32, "gradient_checkpointing": True,
@@ -86,6 +93,7 @@ def test_search_stops_on_a_failure_that_is_not_out_of_memory(monkeypatch, tmp_pa
         code, oom = outcomes[seq_len]
         log = tmp_path / f"{seq_len}.log"
         log.write_text("CUDA ran out of memory" if oom else "Traceback: KeyError")
+        (tmp_path / "metrics.json").write_text('{"memory": {"after_training": {"gpu_peak_allocated_gb": 14.8}}}')
         return bench.Trial(code, tmp_path, oom, log, 1.0)
 
     monkeypatch.setattr(bench, "train", fake_train)
@@ -93,6 +101,7 @@ def test_search_stops_on_a_failure_that_is_not_out_of_memory(monkeypatch, tmp_pa
     result = bench.run_setup("peft", "m", setup, tmp_path, 1, None, cpu=False, search=bench.Search())
     assert result["status"] == "search failed" and "KeyError" in result["error"]
     assert [(t["seq_len"], t["oom"]) for t in result["trials"]] == [(8192, False), (16384, True), (12288, False)]
+    assert result["trials"][0]["peak_allocated_gb"] == 14.8  # a completed probe keeps its peak memory
 
 
 def test_configurations_run_by_separate_commands_share_one_record(tmp_path):
