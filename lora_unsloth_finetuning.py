@@ -16,7 +16,6 @@ from llama_lora.backend import Backend, lora_settings
 from llama_lora.cli import build_cli
 from llama_lora.config import TrainConfig
 
-
 FSDP_REFUSED = (
     "error: the Unsloth backend runs in one process or under DDP (accelerate launch --config_file "
     "accelerate/ddp.yaml); FSDP launches are not supported with it here. For FSDP-QLoRA (a 4-bit base sharded "

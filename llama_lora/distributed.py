@@ -13,8 +13,9 @@ import os
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
+
+from accelerate import PartialState
 
 
 def world_size() -> int:

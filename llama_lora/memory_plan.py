@@ -175,11 +175,13 @@ def plan(cfg: TrainConfig, path: str, launch: Launch) -> dict[str, Any]:
     model = meta_model(config)
     sizes = lora_parameters(model, cfg)
     activations = activation_bytes(model, cfg)
+    # FULL_SHARD splits LoRA weights, their gradients and optimizer state across processes like the base weights
+    shard = launch.processes if launch.fsdp else 1
     parts = {
         "weights": weight_bytes(model, cfg, launch),
-        "lora": sum(sizes) * LORA_BYTES,
-        "gradients": sum(sizes) * LORA_BYTES,
-        "optimizer": optimizer_bytes(sizes, cfg.optim),
+        "lora": math.ceil(sum(sizes) * LORA_BYTES / shard),
+        "gradients": math.ceil(sum(sizes) * LORA_BYTES / shard),
+        "optimizer": math.ceil(optimizer_bytes(sizes, cfg.optim) / shard),
         "activations": activations["layers"],
         "lm_head_and_loss": activations["head"],
     }
@@ -205,7 +207,8 @@ def print_plan(cfg: TrainConfig, result: dict[str, Any], console: Console | None
     notes = {
         "weights": "base model" + (" (NF4 + quant state; other weights fp32)" if cfg.load_in_4bit else "")
                    + (f", 1/{result['processes']} shard" if result["fsdp"] else ""),
-        "lora": f"{result['lora_parameters']:,} LoRA parameters, fp32",
+        "lora": f"{result['lora_parameters']:,} LoRA parameters, fp32"
+                + (f", 1/{result['processes']} shard" if result["fsdp"] else ""),
         "gradients": "LoRA gradients, fp32",
         "optimizer": cfg.optim + (" (paged: may spill to CPU RAM)" if cfg.optim.startswith("paged") else ""),
         "activations": "decoder layers" + (" (checkpointed)" if cfg.gradient_checkpointing else ""),

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, load_script
+
 from llama_lora.config import Machine, TrainConfig, resolve
 from llama_lora.errors import UsageError
 from llama_lora.memory_plan import Launch, nf4_bytes, optimizer_bytes, parse_launch, plan
@@ -82,7 +82,7 @@ def test_fsdp_shards_the_weights_ddp_does_not(smollm2_path):
     one, ddp, fsdp = (plan(cfg, smollm2_path, launch)["bytes"] for launch in
                       (Launch(), parse_launch("ddp:4"), parse_launch("fsdp:4")))
     assert ddp == one
-    assert fsdp["lora"] == one["lora"] and fsdp["activations"] == one["activations"]
+    assert fsdp["lora"] == one["lora"] // 4 and fsdp["activations"] == one["activations"]
     assert fsdp["weights"] < one["weights"] / 4  # a quarter, and no fp32 upcast of the unquantized weights
 
 
@@ -99,7 +99,7 @@ def test_plan_needs_only_config_json_and_exits_before_loading(tmp_path, smollm2_
     shutil.copy(f"{smollm2_path}/config.json", tmp_path / "config.json")  # no weights, no tokenizer
     result = subprocess.run([sys.executable, "lora_peft_finetuning.py", "--model", str(tmp_path), "--plan", "fsdp:2",
                              "--load-in-4bit", "--output-dir", str(tmp_path / "out")],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Memory plan" in result.stdout and "2 process(es), FSDP" in result.stdout and "total" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
