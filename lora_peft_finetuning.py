@@ -2,23 +2,25 @@
 
     python lora_peft_finetuning.py                 # GPU: Llama 3.1 8B Instruct, QLoRA; CPU: embedded SmolLM2
     python lora_peft_finetuning.py --r 16 --max-steps 30 --no-load-in-4bit
+    accelerate launch --config_file accelerate/ddp.yaml lora_peft_finetuning.py        # several GPUs (DDP)
+    accelerate launch --config_file accelerate/fsdp_qlora.yaml lora_peft_finetuning.py # 4-bit base sharded
 
 Only `load` differs from lora_unsloth_finetuning.py; config, data, trainer and records are shared.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_lora.backend import Backend, lora_settings
 from llama_lora.cli import build_cli
 from llama_lora.config import TrainConfig
 
 
-def load(cfg: TrainConfig, path: str) -> object:
-    """Load the base model (NF4 4-bit or 16-bit) and wrap it with a PEFT LoRA adapter."""
-    # Imported here, like Unsloth in the other script, so `--help` stays instant and both scripts' start-up match.
+def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
+    """from_pretrained's keyword arguments: NF4 4-bit or 16-bit, on this process's device, or for FSDP-QLoRA none."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     dtype = getattr(torch, cfg.dtype)
     quantization = None
@@ -28,14 +30,34 @@ def load(cfg: TrainConfig, path: str) -> object:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # FSDP shards only floating-point tensors: pack the 4-bit weights into the compute dtype's storage
+            # (same bytes) so they shard and all-gather like the 16-bit ones. uint8 otherwise (the default).
+            bnb_4bit_quant_storage=dtype if fsdp else torch.uint8,
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, quantization_config=quantization,
-        device_map={"": "cuda:0" if torch.cuda.is_available() else "cpu"},
-        use_safetensors=True,  # never unpickle .bin weights: pickle can run code
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    if cfg.load_in_4bit:
+    return {
+        "dtype": dtype,
+        "quantization_config": quantization,
+        # FSDP places (and, with fsdp_cpu_ram_efficient_loading, loads on rank 0 only) the weights itself;
+        # DDP and single runs put the whole model on this process's device.
+        "device_map": None if fsdp else {"": device},
+        "use_safetensors": True,  # never unpickle .bin weights: pickle can run code
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+
+
+def load(cfg: TrainConfig, path: str) -> object:
+    """Load the base model (NF4 4-bit or 16-bit) and wrap it with a PEFT LoRA adapter."""
+    # Imported here, like Unsloth in the other script, so `--help` stays instant and both scripts' start-up match.
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    from llama_lora import distributed
+
+    fsdp = distributed.fsdp_requested()
+    model = AutoModelForCausalLM.from_pretrained(path, **load_arguments(cfg, fsdp, str(distributed.device())))
+    # prepare_model_for_kbit_training upcasts every non-quantized weight to float32; FSDP needs one dtype per
+    # flat parameter, so under FSDP the weights stay in the storage dtype and the trainer only enables checkpointing.
+    if cfg.load_in_4bit and not fsdp:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_settings(cfg)))
 

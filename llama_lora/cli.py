@@ -79,7 +79,8 @@ def run_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOp
 def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click.Command:
     """The click command for one backend; every backend gets the same options and help."""
 
-    def main(config_file: Path | None, dry_run: bool, resume: str | None, overwrite: bool, **flags: Any) -> None:
+    def main(config_file: Path | None, dry_run: bool, plan: str | None, resume: str | None, overwrite: bool,
+             **flags: Any) -> None:
         ctx = click.get_current_context()
         try:
             cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
@@ -87,7 +88,7 @@ def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click
             raise click.UsageError(str(err)) from err
         if resume and overwrite:
             raise click.UsageError("--resume continues the interrupted run, --overwrite starts over: pick one")
-        sys.exit(run(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite)))
+        sys.exit(run(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan)))
 
     for name in reversed(list(CONFIG_FIELDS)):
         main = _option(name)(main)
@@ -98,6 +99,11 @@ def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click
         "--resume", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
         help="Continue an interrupted run from its latest checkpoint (or the checkpoint folder given): adapter, "
              "optimizer, scheduler, RNG state and data position. Use the same options as the first attempt.",
+    )(main)
+    main = click.option(
+        "--plan", is_flag=False, flag_value="1", default=None, metavar="[N|ddp:N|fsdp:N]",
+        help="Print the GPU memory per process (weights, LoRA, gradients, optimizer, activations) for these options "
+             "and N processes (FSDP: weights sharded), from the model's config.json alone, and exit.",
     )(main)
     main = click.option(
         "--dry-run", is_flag=True,

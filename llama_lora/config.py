@@ -146,6 +146,7 @@ class RunOptions:
     dry_run: bool = False
     resume: str | None = None  # "latest", or a checkpoint folder
     overwrite: bool = False
+    plan: str | None = None  # print the memory plan for this launch ("1", "ddp:4", "fsdp:2") and exit
 
 
 class ConfigError(ValueError):

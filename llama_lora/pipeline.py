@@ -2,6 +2,9 @@
 
 Order matters for the user: data is read and tokenized (and bad rows reported) before any model weight is
 loaded, and the run folder appears only once everything in it is written.
+
+Under `accelerate launch`/`torchrun` every process runs all of this (data, trainer, evaluations are
+collective), but only the main process writes files or prints the audit and summary (see distributed.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, measure, run_folder
+from llama_lora import assets, distributed, measure, run_folder
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
@@ -59,6 +62,11 @@ def run(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) 
 
 
 def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
+    if options.plan:
+        from llama_lora.memory_plan import parse_launch, plan, print_plan
+
+        print_plan(cfg, plan(cfg, model_path(cfg.model), parse_launch(options.plan)))
+        return 0
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
     staging = run_folder.staging_dir(output_dir)
@@ -70,7 +78,11 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
-    print_audit(audit)
+    main = distributed.is_main()
+    if main:
+        print_audit(audit)
+    if options.dry_run and not main:
+        return 0
     if options.dry_run:
         example = prepared.train.rows[0]
         print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
@@ -83,13 +95,16 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     checkpoint = run_folder.resume_checkpoint(staging, options.resume) if options.resume else None
     if checkpoint:
         run_folder.check_same_config(staging, cfg)
-        print(f"Resuming from {checkpoint}")
-    else:
+        if main:
+            run_folder.clear_failure_claim(staging)
+            print(f"Resuming from {checkpoint}")
+    elif main:
         run_folder.fresh(staging)
         run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg)})
         save_yaml(cfg, staging / "config.yaml")
         write_json(staging / "audit.json", audit)
-    if not torch.cuda.is_available():
+    distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
+    if main and not torch.cuda.is_available():
         steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
         model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
         print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
@@ -104,6 +119,8 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
         metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
         return _fail(cfg, staging, err)
+    if not main:
+        return 0
     metrics["data"] = data_record
     metrics["runtime_s"]["total"] = round(time.perf_counter() - started, 2)
     tokenizer.save_pretrained(staging)
@@ -117,7 +134,12 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
 
 
 def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
-    """Mark the staging folder failed, and tell the user why and how to go on."""
+    """Mark the staging folder failed, and tell the user why and how to go on.
+
+    Under a launch, the first process to fail records it (it may not be the main one, which can be blocked in a
+    collective); the launcher then ends the others, so no process waits forever.
+    """
+    where = f"[process {distributed.rank()} of {distributed.world_size()}] " if distributed.world_size() > 1 else ""
     if isinstance(err, torch.cuda.OutOfMemoryError):
         message = oom_advice(cfg, *measure.gpu_peak_and_total_gb())
     elif isinstance(err, NonFiniteLoss):
@@ -126,15 +148,16 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     else:
         message = f"Training failed: {type(err).__name__}: {err}"
     saved = run_folder.checkpoints(staging)
-    record = {"status": "failed", "reason": message, "last_checkpoint": str(saved[-1]) if saved else None}
+    record = {"status": "failed", "reason": where + message, "last_checkpoint": str(saved[-1]) if saved else None}
     try:
         record = {**json.loads((staging / "metrics.json").read_text()), **record}
     except (OSError, ValueError):
         pass
-    run_folder.write_status(staging, record)
+    if distributed.world_size() == 1 or run_folder.claim_failure(staging):
+        run_folder.write_status(staging, record)
     resume = (f"The last good checkpoint is {saved[-1]}; after fixing the cause, --resume continues from it."
               if saved else "No checkpoint was saved (see --save-steps).")
-    print(f"error: {message}\n{resume}\nRun record: {staging / 'metrics.json'}", file=sys.stderr)
+    print(f"error: {where}{message}\n{resume}\nRun record: {staging / 'metrics.json'}", file=sys.stderr)
     if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
         traceback.print_exception(err, file=sys.stderr)
     return EXIT_TRAINING_FAILED
@@ -151,7 +174,9 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     memory_after_load = measure.memory_snapshot()
 
     resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
-    step_log = StepLog(staging / "train_log.jsonl", resume_step)
+    main = distributed.is_main()
+    # every process checks the (already gathered) loss for NaN; only the main one writes the log
+    step_log = StepLog(staging / "train_log.jsonl", resume_step, write=main)
     trainer = make_trainer(
         model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
@@ -160,15 +185,18 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     running = json.loads((staging / "metrics.json").read_text()) if checkpoint else {}
     eval_before = running.get("eval_loss", {}).get("before") if checkpoint else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
-    run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg),
-                                      "eval_loss": {"before": eval_before}})
+    if main:
+        run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg),
+                                          "eval_loss": {"before": eval_before}})
     tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     memory_after_training = measure.memory_snapshot()
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
 
-    model.save_pretrained(staging)
+    _save_adapter(trainer, model, staging, main)
+    per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
     train_s = result.metrics["train_runtime"]
+    # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
         "status": "completed",
@@ -179,7 +207,10 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "device": measure.device_info(),
         "libraries": measure.library_versions(backend.libraries),
         "parameters": measure.parameter_counts(model),
-        "memory": {"after_load": memory_after_load, "after_training": memory_after_training},
+        "processes": {"count": distributed.world_size(), "fsdp": distributed.fsdp_requested()},
+        # the main process's own device, and (under a launch) each process's, in rank order
+        "memory": {"after_load": memory_after_load, "after_training": memory_after_training,
+                   **({"per_process": per_process} if len(per_process) > 1 else {})},
         "runtime_s": {"load": round(load_s, 2), "train": round(train_s, 2)},
         "steps": trainer.state.global_step,
         "resumed_from_step": resume_step or None,
@@ -192,6 +223,17 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "training_args": effective_args(trainer),
         "config": to_record(cfg),
     }
+
+
+def _save_adapter(trainer: Any, model: Any, staging: Path, main: bool) -> None:
+    """Write the adapter once, from the main process. Under FSDP each process holds only a shard, so all of them
+    take part in gathering the full state dict (to the main process's CPU) first."""
+    if distributed.fsdp_requested() and distributed.world_size() > 1:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        if main:
+            model.save_pretrained(staging, state_dict=state_dict)
+    elif main:
+        model.save_pretrained(staging)
 
 
 def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:
@@ -218,10 +260,14 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     mem = metrics["memory"]["after_training"]
     peak = (f"{mem['gpu_peak_allocated_gb']} GB GPU allocated, {mem['gpu_peak_reserved_gb']} GB reserved"
             if "gpu_peak_allocated_gb" in mem else f"{mem['cpu_peak_rss_gb']} GB process RSS")
+    processes = metrics["processes"]["count"]
+    if processes > 1:
+        peak += f" on the main process's device (each of the {processes} processes: metrics.json memory.per_process)"
     print(f"\nSaved adapter and run record to {output_dir}/")
     if ev["before"] is not None:
         print(f"  eval loss   {ev['before']:.4f} -> {ev['after']:.4f}")
     print(f"  train loss  {metrics['final_train_loss']:.4f} after {metrics['steps']} steps")
-    print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s "
+    scope = " (all processes)" if processes > 1 else ""
+    print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s{scope} "
           f"({metrics['runtime_s']['train']:.0f} s training)")
     print(f"  peak memory {peak}")

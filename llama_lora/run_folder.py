@@ -22,6 +22,7 @@ from llama_lora.errors import UsageError
 from llama_lora.records import write_json
 
 CHECKPOINTS = "checkpoints"
+FAILURE_CLAIM = ".failure-recorded"
 # Options that may change between a crash and its resume without changing what is trained.
 RESUMABLE_CHANGES = {"data_workers", "save_steps", "keep_checkpoints"}
 
@@ -92,6 +93,21 @@ def fresh(staging: Path) -> None:
 def write_status(staging: Path, record: dict[str, Any]) -> None:
     """metrics.json, replaced whole so a reader never sees half a file."""
     write_json(staging / "metrics.json", record)
+
+
+def claim_failure(staging: Path) -> bool:
+    """True for the first process of a launch to claim the failure record (an exclusive create), so a failure
+    that hits every process at once (a NaN loss) is still recorded once."""
+    try:
+        os.close(os.open(staging / FAILURE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def clear_failure_claim(staging: Path) -> None:
+    """A resumed attempt may fail again and must be able to record it."""
+    (staging / FAILURE_CLAIM).unlink(missing_ok=True)
 
 
 def finish(output_dir: Path, staging: Path) -> None:

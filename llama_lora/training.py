@@ -54,6 +54,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         # non-reentrant checkpointing gives gradients to LoRA weights even though the frozen embeddings'
         # outputs do not require grad
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        # DDP: every LoRA weight gets a gradient each step, so DDP need not search the graph for unused ones
+        # (transformers would turn the search on for any PEFT model, which is slower). No effect alone.
+        ddp_find_unused_parameters=False,
         bf16=cfg.dtype == "bfloat16",
         fp16=cfg.dtype == "float16",
         seed=cfg.seed,
@@ -95,14 +98,16 @@ class StepLog(TrainerCallback):
     On resume the file is cut back to the checkpoint's step, so the log never holds a step twice.
     """
 
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, resume_step: int = 0, write: bool = True):
         self.path = path
+        self.write = write  # False on the other processes of a launch: one file, written by the main one
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         if resume_step and path.exists():
             kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             self.history = [entry for entry in kept if entry["step"] <= resume_step]
-            path.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
+            if write:
+                path.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
         self.started = time.perf_counter()
         self.training = False  # evaluations before and after training are not the trainer's own
 
@@ -133,8 +138,9 @@ class StepLog(TrainerCallback):
             "elapsed_s": round(time.perf_counter() - self.started, 3),
         }
         self.history.append(entry)
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if self.write:
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
 
 
 def make_trainer(

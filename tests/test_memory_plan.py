@@ -1,0 +1,113 @@
+"""`--plan` counts, from config.json alone, exactly the bytes of the tensors a real run creates: base weights
+(16-bit, and NF4 with its quantization state), LoRA weights, their gradients and the optimizer's state."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, load_script
+
+from llama_lora.config import Machine, TrainConfig, resolve
+from llama_lora.errors import UsageError
+from llama_lora.memory_plan import Launch, nf4_bytes, optimizer_bytes, parse_launch, plan
+
+
+def config(**values) -> TrainConfig:
+    return resolve(TrainConfig(model="smollm2", dtype="bfloat16", r=8, **values), "peft", Machine(cuda=False))
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages (a tied or shared tensor counts once)."""
+    seen = {}
+    for t in tensors:
+        seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def base_tensors(model) -> list[torch.Tensor]:
+    """Every frozen weight, and for 4-bit weights also the quantization state bitsandbytes keeps beside them."""
+    out = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        out.append(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            out += [state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+    return out
+
+
+def trained_one_step(model, cfg: TrainConfig):
+    """The optimizer the trainer would build for --optim, after one real step on a few tokens."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", optim=cfg.optim, use_cpu=True, report_to="none")
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optimizer_cls(trainable, **kwargs)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return optimizer, trainable
+
+
+@pytest.mark.slow  # loads the model twice
+@pytest.mark.parametrize("four_bit", [False, True], ids=["bf16", "nf4"])
+def test_plan_equals_the_tensors_of_a_loaded_model(smollm2_path, four_bit):
+    cfg = config(load_in_4bit=four_bit)
+    planned = plan(cfg, smollm2_path, Launch())["bytes"]
+    model = load_script("lora_peft_finetuning.py").load(cfg, smollm2_path)
+    assert planned["weights"] == tensor_bytes(base_tensors(model))
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    assert planned["lora"] == tensor_bytes(lora) and {p.dtype for p in lora} == {torch.float32}
+    optimizer, trainable = trained_one_step(model, cfg)
+    assert planned["gradients"] == tensor_bytes(p.grad for p in trainable)
+    states = [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    assert planned["optimizer"] == tensor_bytes(states)
+
+
+def test_nf4_bytes_follow_bitsandbytes_layout():
+    # 4096 x 4096: 8 Mi packed bytes, 262,144 uint8 absmax, 1,024 fp32 nested absmax, the code tables and offset
+    assert nf4_bytes(4096 * 4096) == 8 * 2**20 + 262_144 + 1_024 * 4 + 64 + 1_024 + 4
+    # FSDP storage as bf16: the same packed bytes, in 2-byte elements
+    assert nf4_bytes(4096 * 4096, storage_bytes=2) == nf4_bytes(4096 * 4096)
+
+
+def test_fsdp_shards_the_weights_ddp_does_not(smollm2_path):
+    cfg = config(load_in_4bit=True)
+    one, ddp, fsdp = (plan(cfg, smollm2_path, launch)["bytes"] for launch in
+                      (Launch(), parse_launch("ddp:4"), parse_launch("fsdp:4")))
+    assert ddp == one
+    assert fsdp["lora"] == one["lora"] // 4 and fsdp["activations"] == one["activations"]
+    assert fsdp["weights"] < one["weights"] / 4  # a quarter, and no fp32 upcast of the unquantized weights
+
+
+def test_checkpointing_and_sequence_length_move_the_activation_estimate(smollm2_path):
+    base = plan(config(max_seq_length=1024), smollm2_path, Launch())["bytes"]["activations"]
+    longer = plan(config(max_seq_length=2048), smollm2_path, Launch())["bytes"]["activations"]
+    stored = plan(config(max_seq_length=1024, gradient_checkpointing=False), smollm2_path, Launch())
+    assert longer == 2 * base
+    assert stored["bytes"]["activations"] > 5 * base
+
+
+@pytest.mark.slow  # a subprocess importing the whole stack
+def test_plan_needs_only_config_json_and_exits_before_loading(tmp_path, smollm2_path):
+    shutil.copy(f"{smollm2_path}/config.json", tmp_path / "config.json")  # no weights, no tokenizer
+    result = subprocess.run([sys.executable, "lora_peft_finetuning.py", "--model", str(tmp_path), "--plan", "fsdp:2",
+                             "--load-in-4bit", "--output-dir", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Memory plan" in result.stdout and "2 process(es), FSDP" in result.stdout and "total" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_bad_plan_values_name_the_flag():
+    for text in ("zero:2", "fsdp:0", "many"):
+        with pytest.raises(UsageError, match="--plan"):
+            parse_launch(text)
+    with pytest.raises(UsageError, match="--optim sgd"):
+        optimizer_bytes([10], "sgd")
