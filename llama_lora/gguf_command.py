@@ -59,18 +59,24 @@ def local_model_folder(model: str | None) -> Path | None:
         return None
 
 
-def run_base_model(run: Path) -> tuple[Path, str]:
+def recorded_model(run: Path) -> str | None:
+    """The --model a run was started with (an alias such as smollm2, a hub id or a folder)."""
+    if (run / "config.yaml").is_file():
+        return (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model")
+    return None
+
+
+def run_base_model(run: Path) -> Path:
     """The base model a run folder trained on: metrics.json's resolved path, config.yaml's model, the adapter's."""
     candidates: list[str | None] = []
     if (run / "metrics.json").is_file():
         candidates.append(json.loads((run / "metrics.json").read_text()).get("model", {}).get("path"))
-    if (run / "config.yaml").is_file():
-        candidates.append((yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model"))
+    candidates.append(recorded_model(run))
     candidates.append(json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path"))
     for candidate in candidates:
         folder = local_model_folder(candidate)
         if folder is not None and is_model_folder(folder):
-            return folder, str(candidate)
+            return folder
     named = next((c for c in candidates if c), "unknown")
     raise UsageError(f"{run}: the base model {named!r} is not a local model folder; pass --base FOLDER "
                      "(its config.json, tokenizer and safetensors are read)")
@@ -104,7 +110,7 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
     from transformers import AutoTokenizer
 
     if is_run_folder(source):
-        model_dir = base or run_base_model(source)[0]
+        model_dir = base or run_base_model(source)
         if not is_model_folder(model_dir):
             raise UsageError(f"--base {model_dir}: not a model folder (expected config.json and *.safetensors)")
         tokenizer_dir = source if (source / "tokenizer.json").is_file() else model_dir
@@ -120,7 +126,10 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
     # the adapter first: it is small, and its checks (DoRA, modules_to_save) fail before any big file is written
     adapter = gguf_export.export_adapter(source, model_dir, out_dir, name or source.name) \
         if is_run_folder(source) else None
-    model_name = name if name and adapter is None else model_dir.name
+    if adapter is None:
+        model_name = name or model_dir.name
+    else:  # the base files are named after the model the run recorded (smollm2, Llama-3.1-8B-Instruct)
+        model_name = Path(recorded_model(source) or model_dir.name).name if base is None else model_dir.name
     models = [gguf_export.export_model(model_dir, out_dir, t, model_name, pre_tokenizer, progress=True,
                                        tokenizer_dir=tokenizer_dir) for t in types]
     # Ollama applies adapters to an unquantized base most faithfully, so FROM prefers the f16 file
