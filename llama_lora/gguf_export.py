@@ -18,9 +18,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gguf
 import numpy as np
@@ -268,7 +269,7 @@ def default_system_prompt(tokenizer: Any) -> str | None:
         return None
     sentinel = "\x00user\x00"
     text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
-    found = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", text.split(sentinel)[0], re.S)
+    found = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", text.split(sentinel)[0], re.DOTALL)
     return found.group(1) if found else None
 
 
@@ -474,15 +475,3 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def iter_fields(path: Path) -> Iterator[tuple[str, Any]]:
-    """Every metadata key of a GGUF file with its value (arrays longer than 5 shortened), for printing."""
-    reader = gguf.GGUFReader(path)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = field.contents()
-        if isinstance(value, list) and len(value) > 5:
-            value = f"[{len(value)} items]"
-        yield key, value
