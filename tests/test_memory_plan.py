@@ -82,8 +82,10 @@ def test_fsdp_shards_the_weights_ddp_does_not(smollm2_path):
     one, ddp, fsdp = (plan(cfg, smollm2_path, launch)["bytes"] for launch in
                       (Launch(), parse_launch("ddp:4"), parse_launch("fsdp:4")))
     assert ddp == one
-    assert fsdp["lora"] == one["lora"] // 4 and fsdp["activations"] == one["activations"]
+    assert fsdp["lora"] == one["lora"] // 4
     assert fsdp["weights"] < one["weights"] / 4  # a quarter, and no fp32 upcast of the unquantized weights
+    # without that upcast the residual stream stays bf16, so the checkpointed layer inputs take half the bytes
+    assert fsdp["activations"] < one["activations"]
 
 
 def test_checkpointing_and_sequence_length_move_the_activation_estimate(smollm2_path):
@@ -111,3 +113,41 @@ def test_bad_plan_values_name_the_flag():
             parse_launch(text)
     with pytest.raises(UsageError, match="--optim sgd"):
         optimizer_bytes([10], "sgd")
+
+
+H100_RESULTS = REPO / "benchmarks" / "results" / "NVIDIA-H100-80GB-HBM3-2026-11-23.json"
+
+
+def h100_peft_peaks() -> list[tuple[str, dict, float]]:
+    """(label, flags, measured peak GiB) of every completed PEFT run and search probe in the committed H100 record."""
+    import json
+
+    bench = load_script("benchmarks/train_throughput.py")
+    record = json.loads(H100_RESULTS.read_text())
+    points = []
+    for name, setup in bench.configs(cpu=False).items():
+        run = record["configs"][name]["backends"]["peft"]
+        shapes = [(t["batch_size"], t["seq_len"], t["peak_allocated_gb"]) for t in run["trials"]
+                  if t.get("peak_allocated_gb")] if name == "D" else [
+                  (run["batch_size"], run["seq_len"], run["peak_allocated_gb"])]
+        for batch, length, peak in shapes:
+            points.append((f"{name} {batch}x{length}",
+                           {**setup.flags, "batch_size": batch, "max_seq_length": length}, peak))
+    return points
+
+
+def test_plan_totals_are_within_15_percent_of_the_measured_h100_peaks(tmp_path):
+    # The issue's bar for the estimate as a whole, against real single-GPU runs of the Llama-3.1-8B architecture
+    # (benchmarks/train_throughput.py, committed with its logs); the plan only needs the config.json.
+    bench = load_script("benchmarks/train_throughput.py")
+    from transformers import LlamaConfig
+
+    LlamaConfig(**bench.LLAMA31_8B).save_pretrained(tmp_path)
+    errors = {}
+    for label, flags, peak in h100_peft_peaks():
+        cfg = TrainConfig(model=str(tmp_path), dtype="bfloat16", **flags)
+        cfg = resolve(cfg, "peft", Machine(cuda=True))
+        total = plan(cfg, str(tmp_path), Launch())["total_bytes"] / 1024**3
+        errors[label] = (total - peak) / peak
+    assert len(errors) >= 7  # A, B, C and the four D probes that completed
+    assert all(abs(error) <= 0.15 for error in errors.values()), errors
