@@ -155,7 +155,7 @@ def to_markdown(result: dict[str, Any]) -> str:
              *[f"Command: `{command}`  " for command in commands], f"Model: {result['model']}  ",
              f"Environment: {', '.join(f'{k} {v}' for k, v in env['libraries'].items() if v)}"
              + (f", driver {env['driver']}" if env.get("driver") else ""), "",
-             "| config | backend | batch x length | tokens/s (median) | warm-up s | peak alloc GB | peak reserved GB "
+             "| config | backend | batch x length | tokens/s (median) | warm-up s | peak alloc GiB | peak reserved GiB "
              "| MFU 4N | MFU w/ recompute | max length | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, config in sorted(result["configs"].items()):
         for backend, r in config["backends"].items():
