@@ -182,7 +182,7 @@ def _outcome(trial: dict[str, Any]) -> str:
         return "stopped by the time limit"
     if trial["exit"] == 0:
         peak = trial.get("peak_allocated_gb")
-        return f"ok ({peak} GB)" if peak is not None else "ok"
+        return f"ok ({peak} GiB)" if peak is not None else "ok"
     return "OOM" if trial["oom"] else "error"
 
 
