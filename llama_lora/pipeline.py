@@ -234,3 +234,8 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s "
           f"({metrics['runtime_s']['train']:.0f} s training)")
     print(f"  peak memory {peak}")
+    if metrics.get("samples"):
+        style, n = metrics["samples"]["style"], metrics["samples"]["prompts"]
+        before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))
+        print(f"  samples     'Quick check' endings {before}/{n} -> {after}/{n} on held-out prompts "
+              "(base -> tuned; samples.md)")
