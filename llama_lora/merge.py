@@ -49,9 +49,11 @@ def merge(info: RunInfo, out: Path, dtype: str = "bfloat16", overwrite: bool = F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_destination(out, overwrite)
-    tuned, tokenizer = load_tuned(info)
+    # base + adapter as trained (NF4 for QLoRA), computing in the merged model's dtype: the difference is then
+    # what merging itself costs, not the gap between two compute dtypes
+    tuned, tokenizer = load_tuned(info, dtype=dtype)
     prompts = prompt_batch(tokenizer)
-    reference = logits(tuned, prompts)  # base + adapter exactly as trained (NF4 for QLoRA)
+    reference = logits(tuned, prompts)
     del tuned
     _free()
 
@@ -66,7 +68,7 @@ def merge(info: RunInfo, out: Path, dtype: str = "bfloat16", overwrite: bool = F
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=getattr(torch, dtype),
                                                         device_map={"": device()}, use_safetensors=True)
         report = {"run": str(info.folder), "base": info.base, "dtype": dtype, "from_4bit": info.load_in_4bit,
-                  "compared_with": f"base ({'NF4' if info.load_in_4bit else info.dtype}) + adapter",
+                  "compared_with": f"base ({'NF4' if info.load_in_4bit else dtype}) + adapter in {dtype}",
                   "prompts": len(prompts), **compare_logits(reference, logits(reloaded.eval(), prompts))}
         del reloaded
         _free()
