@@ -128,6 +128,14 @@ class TrainConfig:
         0, "Stop after this many evaluations (one per --save-steps) without a better eval loss, and keep the "
         "best adapter; 0: off.",
     )
+    samples: int = _opt(
+        4, "After training, answer this many held-out eval prompts with the base model and the tuned one and "
+        "write samples.md with a style check (and, for classification data, label accuracy and macro-F1 over the "
+        "eval split); 0: off.",
+    )
+    sample_max_tokens: int = _opt(
+        256, "New tokens each sample answer may use (the bundled data's first teacher turns are 115-235 tokens).",
+    )
     trust_remote_code: bool = _opt(
         False, "Run Python code shipped with a hub model. Off by default: it executes someone else's code.",
     )
@@ -272,6 +280,8 @@ def validate(cfg: TrainConfig, machine: Machine) -> None:
         (cfg.data_workers > 0, "--data-workers must be positive"),
         (cfg.save_steps >= 0, "--save-steps must be 0 (never) or positive"),
         (cfg.keep_checkpoints > 0, "--keep-checkpoints must be positive"),
+        (cfg.samples >= 0, "--samples must be 0 (off) or positive"),
+        (cfg.sample_max_tokens > 0, "--sample-max-tokens must be positive"),
         (cfg.early_stopping_patience >= 0, "--early-stopping-patience must be 0 (off) or positive"),
         (cfg.early_stopping_patience == 0 or cfg.save_steps > 0,
          "--early-stopping-patience evaluates every --save-steps steps, so it needs --save-steps > 0"),

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, run_folder
+from llama_lora import assets, distributed, measure, run_folder, samples
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
@@ -116,7 +116,8 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
     try:
-        metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint)
+        metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
+                         prepared.labels)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
         return _fail(cfg, staging, err)
     if not main:
@@ -164,8 +165,9 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
 
 
 def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_rows: list[dict[str, Any]],
-           eval_rows: list[dict[str, Any]], staging: Path, checkpoint: Path | None) -> dict[str, Any]:
-    """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, save the adapter."""
+           eval_rows: list[dict[str, Any]], staging: Path, checkpoint: Path | None,
+           labels: list[str] | None = None) -> dict[str, Any]:
+    """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, sample, save the adapter."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
@@ -192,6 +194,11 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     memory_after_training = measure.memory_snapshot()
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
+    # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
+    # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
+    sampled = samples.before_and_after(model, tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens, labels)
+    if sampled and main:
+        samples.write_markdown(staging / "samples.md", sampled[1])
 
     _save_adapter(trainer, model, staging, main)
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
@@ -211,13 +218,15 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         # the main process's own device, and (under a launch) each process's, in rank order
         "memory": {"after_load": memory_after_load, "after_training": memory_after_training,
                    **({"per_process": per_process} if len(per_process) > 1 else {})},
-        "runtime_s": {"load": round(load_s, 2), "train": round(train_s, 2)},
+        "runtime_s": {"load": round(load_s, 2), "train": round(train_s, 2),
+                      "samples": sampled[0]["seconds"] if sampled else None},
         "steps": trainer.state.global_step,
         "resumed_from_step": resume_step or None,
         # tokens/s over this process's training only: a resumed run did not train the earlier steps here
         "tokens": {"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
         "final_train_loss": step_log.history[-1]["loss"] if step_log.history else None,
         "eval_loss": {"before": eval_before, "after": eval_after},
+        "samples": sampled[0] if sampled else None,
         "early_stopping": _early_stopping_record(cfg, trainer, step_log),
         "loss_history": step_log.history,
         "training_args": effective_args(trainer),
@@ -271,3 +280,8 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s{scope} "
           f"({metrics['runtime_s']['train']:.0f} s training)")
     print(f"  peak memory {peak}")
+    if metrics.get("samples"):
+        style, n = metrics["samples"]["style"], metrics["samples"]["prompts"]
+        before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))
+        print(f"  samples     'Quick check' endings {before}/{n} -> {after}/{n} on held-out prompts "
+              "(base -> tuned; samples.md)")

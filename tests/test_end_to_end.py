@@ -21,7 +21,7 @@ SCRIPTS = {"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetunin
 EXPECTED_FILES = {
     "adapter_config.json", "adapter_model.safetensors", "README.md",
     "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json",
+    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json", "samples.md",
 }
 STEPS = 3
 
@@ -29,7 +29,7 @@ STEPS = 3
 def train(backend: str, dataset: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, SCRIPTS[backend], "--dataset", str(dataset), "--output-dir", str(output_dir),
                "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "2", "--learning-rate", "1e-3",
-               "--r", "8", *extra]
+               "--r", "8", "--samples", "2", "--sample-max-tokens", "24", *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -86,6 +86,42 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
 def test_step_log_has_one_line_per_optimizer_step(runs, backend):
     lines = (runs[backend] / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_samples_compare_base_and_tuned_answers_on_held_out_prompts(runs, backend):
+    m = json.loads((runs[backend] / "metrics.json").read_text())
+    sampled = m["samples"]
+    assert sampled["prompts"] == 2 and sampled["max_new_tokens"] == 24 and m["runtime_s"]["samples"] > 0
+    # every reference answer in the fixture ends with "Quick check: ...?" after numbered steps
+    assert sampled["style"]["reference"] == {"quick_check": 1.0, "numbered_steps": 1.0, "stopped": 1.0}
+    assert set(sampled["style"]["before"]) == set(sampled["style"]["after"]) == set(sampled["style"]["reference"])
+    text = (runs[backend] / "samples.md").read_text()
+    assert text.count("**Before (base)**") == text.count("**After (tuned)**") == 2
+    assert "What is 2 times 3?" in text  # the first eval row's prompt, rendered with the chat template
+    # the adapter was disabled for "before" (Unsloth's wrapped model too): after 3 steps at lr 1e-3 the tuned
+    # model answers differently from the base on at least one prompt
+    answers = text.split("**Before (base)**")[1:]
+    assert any(a.split("**After (tuned)**")[0] != a.split("**After (tuned)**")[1].split("**Reference**")[0]
+               for a in answers)
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_adapter_gives_the_same_logits_in_plain_peft_and_in_unsloths_loader(runs, backend, dtype, smollm2_path):
+    """Portability: each backend's adapter, loaded by plain PEFT here and by Unsloth's FastLanguageModel in its
+    own process, gives the same logits within llama_lora.portability.LOGIT_TOLERANCE of the logit scale."""
+    from conftest import load_script
+    from llama_lora import inference, portability
+
+    model, tokenizer = inference.load_tuned(inference.read_run(runs[backend]), dtype=dtype)
+    peft_logits = portability.logits(model, portability.prompt_batch(tokenizer))
+    unsloth = load_script("use_adapter.py").unsloth_logits(runs[backend], dtype)
+    same = portability.compare_logits(peft_logits, unsloth)
+    assert portability.within_tolerance(same), same
+    with model.disable_adapter():  # and the adapter matters far more than the tolerance
+        base = portability.logits(model, portability.prompt_batch(tokenizer))
+    assert not portability.within_tolerance(portability.compare_logits(peft_logits, base))
 
 
 def test_both_backends_train_on_identical_tokens_with_the_same_settings(runs):

@@ -19,7 +19,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--max-steps", "6", "--save-steps", "2", "--batch-size", "2", "--grad-accum", "1",
+FLAGS = ["--max-steps", "6", "--save-steps", "2", "--samples", "0", "--batch-size", "2", "--grad-accum", "1",
          "--learning-rate", "1e-3", "--r", "8", "--dtype", "float32"]
 PLANTED_TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
 

@@ -1,0 +1,215 @@
+"""Use a trained adapter: generate, merge, swap adapters on one base, check portability.
+
+    python use_adapter.py generate llama-3.1-lora-finetuned/peft -p "Why do we have seasons?"
+    python use_adapter.py merge llama-3.1-lora-finetuned/peft merged/peft
+    python use_adapter.py swap llama-3.1-lora-finetuned/peft llama-3.1-lora-finetuned/unsloth -p "Why?"
+    python use_adapter.py check llama-3.1-lora-finetuned/unsloth --unsloth
+
+Every command takes a run folder of either backend. Models load with plain transformers + PEFT (never Unsloth,
+which patches libraries on import; `check --unsloth` runs Unsloth's loader in a process of its own).
+Other commands join the group with `cli.add_command(...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from llama_lora.errors import UsageError
+
+REPO = Path(__file__).resolve().parent
+RUN = click.argument("run", type=click.Path(path_type=Path))
+BASE = click.option("--base-model", default=None, help="Base model folder or hub id (default: the one the run "
+                                                        "records in metrics.json / config.yaml).")
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Our UsageError (bad folder, file or option) becomes click's: message, usage line, exit status 2."""
+    try:
+        yield
+    except UsageError as err:
+        raise click.UsageError(str(err)) from err
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Use a trained adapter (a run folder of either backend): generate, merge, swap, check."""
+
+
+@cli.command()
+@RUN
+@click.option("-p", "--prompt", "prompts", multiple=True, help="A user message (repeat for several).")
+@click.option("--prompts-file", type=click.Path(path_type=Path),
+              help=".txt (one prompt a line) or .jsonl (a string, {\"prompt\": ...} or {\"messages\": [...]} a line).")
+@click.option("--system", default=None, help="System prompt (default: the chat template's own).")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="0: greedy; above 0: sample.")
+@click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Nucleus sampling (with --temperature > 0).")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
+@click.option("--no-adapter", is_flag=True, help="Answer with the base model alone (adapter disabled).")
+@BASE
+def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, system: str | None,
+             max_new_tokens: int, temperature: float, top_p: float, seed: int, stream: bool, no_adapter: bool,
+             base_model: str | None) -> None:
+    """Answer prompts with the run's base model + adapter, using its chat template."""
+    from llama_lora import inference
+
+    with usage_errors():
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        if prompts_file:
+            conversations += inference.read_prompts(prompts_file)
+        if not conversations:
+            raise UsageError("nothing to answer: give --prompt TEXT or --prompts-file FILE")
+        info = inference.read_run(run, base_model)
+    from transformers import TextStreamer, set_seed
+
+    model, tokenizer = inference.load_tuned(info)
+    sampling = inference.Sampling(max_new_tokens, temperature, top_p)
+    for conversation in conversations:
+        set_seed(seed)  # each prompt samples the same way whatever came before it
+        click.echo(f"\n>>> {conversation[-1]['content']}")
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        with inference.active(model, None if no_adapter else "default"):
+            answer = inference.generate(model, tokenizer,
+                                        [inference.chat_ids(tokenizer, inference.with_system(conversation, system))],
+                                        sampling, streamer)[0]
+        if not stream:
+            click.echo(answer.text)
+        ending = "ended its turn" if answer.stopped else "cut off at --max-new-tokens"
+        click.echo(f"[{answer.tokens} tokens, {ending}]")
+
+
+@cli.command()
+@RUN
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+              show_default=True, help="Weights of the merged model.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@BASE
+def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | None) -> None:
+    """Merge the adapter into its base and save a standalone model (safetensors + tokenizer) to OUT.
+
+    A QLoRA run's base is dequantized from NF4 first, so the adapter lands on the weights it trained with.
+    """
+    from llama_lora import inference
+    from llama_lora import merge as merging
+
+    with usage_errors():
+        info = inference.read_run(run, base_model)
+        merging.check_destination(out, overwrite)
+        report = merging.merge(info, out, dtype, overwrite)
+    click.echo(f"Merged {run} into {'the NF4-dequantized' if info.load_in_4bit else 'the'} base and saved {dtype} "
+               f"weights, tokenizer and chat template to {out}/")
+    click.echo(f"  largest |logit difference| vs {report['compared_with']}: {report['max_abs_diff']:.3g} "
+               f"(logits reach {report['max_abs_logit']:.1f}) over {report['prompts']} prompts")
+    click.echo(f"  same top token at {report['top1_agreement']:.1%} of positions; report in {out / merging.REPORT}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--prompt", default="Why do we have seasons?", show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+def swap(runs: tuple[Path, ...], prompt: str, max_new_tokens: int) -> None:
+    """Load several adapters onto one base model and answer with each in turn, then with none.
+
+    The base loads once; switching is peft's set_adapter / disable_adapter, no weights reload.
+    """
+    from llama_lora import inference
+
+    with usage_errors():
+        infos = [inference.read_run(run) for run in runs]
+        if len({info.base for info in infos}) > 1:
+            raise UsageError("adapters can share a base only if they were trained on the same one: "
+                             + ", ".join(f"{i.folder} -> {i.base}" for i in infos))
+        names = _adapter_names(runs)
+    model = inference.load_adapters(infos[0], dict(zip(names, runs)))
+    tokenizer = inference.load_tokenizer(runs[0])
+    weight = model.get_base_model().get_input_embeddings().weight
+    where = weight.data_ptr()
+    prompt_ids = inference.chat_ids(tokenizer, [{"role": "user", "content": prompt}])
+    click.echo(f">>> {prompt}")
+    for name in [*names, None]:
+        started = time.perf_counter()
+        with inference.active(model, name):
+            switched = time.perf_counter() - started
+            answer = inference.generate(model, tokenizer, [prompt_ids], inference.Sampling(max_new_tokens))[0]
+        click.echo(f"\n[{name or 'base model, adapters disabled'}] (switched in {switched * 1000:.1f} ms)")
+        click.echo(answer.text)
+    same = weight.data_ptr() == where and model.get_base_model().get_input_embeddings().weight is weight
+    click.echo(f"\nBase weights loaded once and shared by all {len(names)} adapters: {'yes' if same else 'NO'}")
+
+
+def _adapter_names(runs: tuple[Path, ...]) -> list[str]:
+    """Readable, distinct adapter names: the run folders' names, numbered when they repeat."""
+    names = [run.resolve().name.replace(".", "_") for run in runs]
+    return names if len(set(names)) == len(names) else [f"{name}_{i}" for i, name in enumerate(names, 1)]
+
+
+@cli.command()
+@RUN
+@click.option("--unsloth", "with_unsloth", is_flag=True,
+              help="Also load the adapter with Unsloth's loader (own process) and compare logits with plain PEFT.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="float32", show_default=True,
+              help="Compute dtype for the logit comparison (float32 separates loaders from rounding).")
+@BASE
+def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> None:
+    """Portability: will the adapter serve in vLLM, does plain PEFT load it, does Unsloth compute the same?"""
+    from llama_lora import inference, portability
+
+    with usage_errors():
+        info = inference.read_run(run, base_model)
+    warnings = portability.vllm_warnings(run)
+    click.echo("vLLM: " + ("no problem found (LoRA A/B weights only, rank within the default limit)"
+                           if not warnings else f"{len(warnings)} problem(s)"))
+    for warning in warnings:
+        click.echo(f"  warning: {warning}")
+    if info.load_in_4bit:
+        click.echo("  note: a QLoRA adapter serves on the 16-bit base in vLLM; outputs differ slightly from NF4 "
+                   "training (use_adapter.py merge shows by how much)")
+    model, tokenizer = inference.load_tuned(info, dtype=dtype)
+    prompts = portability.prompt_batch(tokenizer)
+    tuned = portability.logits(model, prompts)
+    with model.disable_adapter():
+        base = portability.logits(model, prompts)
+    effect = portability.compare_logits(tuned, base)
+    click.echo(f"plain PEFT: loads; the adapter moves the logits by up to {effect['max_abs_diff']:.3g} "
+               f"(top token changes at {1 - effect['top1_agreement']:.1%} of positions)")
+    if not with_unsloth:
+        return
+    other = unsloth_logits(run, dtype)
+    same = portability.compare_logits(tuned, other)
+    verdict = "same" if portability.within_tolerance(same) else "DIFFERENT"
+    click.echo(f"Unsloth loader: {verdict}: largest |logit difference| vs plain PEFT {same['max_abs_diff']:.3g} "
+               f"(tolerance {portability.LOGIT_TOLERANCE:g} x {same['max_abs_logit']:.1f}), same top token at "
+               f"{same['top1_agreement']:.1%} of positions")
+    if verdict != "same":
+        sys.exit(1)
+
+
+def unsloth_logits(run: Path, dtype: str) -> list[Any]:
+    """Logits of the run's adapter loaded by Unsloth, computed in a process of its own."""
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "logits.safetensors"
+        result = subprocess.run([sys.executable, str(REPO / "unsloth_logits.py"), str(run), str(out),
+                                 "--dtype", dtype], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise click.ClickException(f"Unsloth could not load {run}:\n{result.stderr[-2000:]}")
+        tensors = load_file(str(out))
+    return [tensors[f"prompt_{i}"] for i in range(len(tensors))]
+
+
+if __name__ == "__main__":
+    cli()
