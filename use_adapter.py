@@ -4,10 +4,10 @@
     python use_adapter.py merge llama-3.1-lora-finetuned/peft merged/peft
     python use_adapter.py swap llama-3.1-lora-finetuned/peft llama-3.1-lora-finetuned/unsloth -p "Why?"
     python use_adapter.py check llama-3.1-lora-finetuned/unsloth --unsloth
+    python use_adapter.py gguf llama-3.1-lora-finetuned/peft --out gguf/      # llama.cpp / Ollama files
 
 Every command takes a run folder of either backend. Models load with plain transformers + PEFT (never Unsloth,
 which patches libraries on import; `check --unsloth` runs Unsloth's loader in a process of its own).
-Other commands join the group with `cli.add_command(...)`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def usage_errors() -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
-    """Use a trained adapter (a run folder of either backend): generate, merge, swap, check."""
+    """Use a trained adapter (a run folder of either backend): generate, merge, swap, check, gguf."""
 
 
 @cli.command()
@@ -210,6 +210,11 @@ def unsloth_logits(run: Path, dtype: str) -> list[Any]:
         tensors = load_file(str(out))
     return [tensors[f"prompt_{i}"] for i in range(len(tensors))]
 
+
+# GGUF export for llama.cpp / Ollama works from files alone; its command lives beside its logic
+from llama_lora.gguf_command import export_gguf  # noqa: E402
+
+cli.add_command(export_gguf, name="gguf")
 
 if __name__ == "__main__":
     cli()

@@ -82,7 +82,7 @@ def run_base_model(run: Path) -> Path:
                      "(its config.json, tokenizer and safetensors are read)")
 
 
-@click.command("export_gguf")
+@click.command("gguf")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("gguf"),
               show_default=True, help="Folder for the GGUF files and the Modelfile (created if missing).")
@@ -166,7 +166,3 @@ def report(written: list[Path]) -> None:
     adapter = next((p for p in written if p.name.endswith("-LoRA.gguf")), None)
     click.echo(f"\nOllama:    cd {modelfile.parent} && ollama create my-model -f {MODELFILE}")
     click.echo(f"llama.cpp: llama-cli -m {written[0]}" + (f" --lora {adapter}" if adapter else ""))
-
-
-if __name__ == "__main__":
-    export_gguf()
