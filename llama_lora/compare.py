@@ -230,7 +230,9 @@ def to_markdown(record: dict[str, Any]) -> str:
 
 def plot(a: Run, b: Run, record: dict[str, Any], path: Path) -> None:
     """Both train-loss curves with their eval points, and the relative difference per step beneath."""
-    from llama_lora.records import plt
+    from llama_lora.records import pyplot
+
+    plt = pyplot()
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), dpi=120, sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.2]})

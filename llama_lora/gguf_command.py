@@ -16,6 +16,7 @@ import yaml
 
 from llama_lora import gguf_export
 from llama_lora.errors import UsageError
+from llama_lora.records import write_text
 
 MODELFILE = "Modelfile"
 
@@ -135,7 +136,7 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
     # Ollama applies adapters to an unquantized base most faithfully, so FROM prefers the f16 file
     base_file = models[types.index("f16")] if "f16" in types else models[0]
     modelfile = out_dir / MODELFILE
-    gguf_export.write_text(modelfile, gguf_export.modelfile_text(
+    write_text(modelfile, gguf_export.modelfile_text(
         base_file.name, adapter.name if adapter else None, fmt, gguf_export.default_system_prompt(tokenizer)))
     return [*models, *([adapter] if adapter else []), modelfile]
 

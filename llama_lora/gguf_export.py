@@ -468,10 +468,3 @@ def export_adapter(adapter: Path, base: Path, out_dir: Path, name: str) -> Path:
     path = out_dir / file_name(name, None, "F32", lora=True)
     write_gguf(path, adapter_writer(name, alpha, base.name), tensors)
     return path
-
-
-def write_text(path: Path, text: str) -> None:
-    """A small text file, replaced whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)

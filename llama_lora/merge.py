@@ -20,6 +20,7 @@ from llama_lora.errors import UsageError
 from llama_lora.inference import RunInfo, device, load_base, load_tuned
 from llama_lora.portability import compare_logits, logits, prompt_batch
 from llama_lora.records import write_json
+from llama_lora.run_folder import replace_folder
 
 REPORT = "merge.json"
 
@@ -73,7 +74,7 @@ def merge(info: RunInfo, out: Path, dtype: str = "bfloat16", overwrite: bool = F
         del reloaded
         _free()
         write_json(staging / REPORT, report)
-        _replace(out, staging)
+        replace_folder(out, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
@@ -84,15 +85,3 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _replace(out: Path, staging: Path) -> None:
-    """Move the finished folder into place; an older one is removed only after."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)

@@ -27,7 +27,7 @@ from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainCo
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.guards import check_model, oom_advice
-from llama_lora.records import plot_loss, write_json
+from llama_lora.records import plot_loss, write_json, write_text
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
 EXIT_TRAINING_FAILED = 1
@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
     sampled = samples.before_and_after(model, tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens, labels)
     if sampled and main:
-        samples.write_markdown(staging / "samples.md", sampled[1])
+        write_text(staging / "samples.md", sampled[1])
 
     _save_adapter(trainer, model, staging, main)
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})

@@ -7,10 +7,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")  # headless: runs write PNGs, never open windows
-import matplotlib.pyplot as plt  # noqa: E402
+def pyplot() -> Any:
+    """matplotlib's pyplot, headless (runs write PNGs, never open windows); imported only when a plot is drawn,
+    so modules that just write files (GGUF export, samples) do not pay for matplotlib at start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 def write_text(path: Path, text: str) -> None:
     """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
@@ -29,6 +36,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def plot_loss(history: list[dict[str, Any]], eval_loss: dict[str, float | None], title: str, path: Path) -> None:
     """Train loss per step, with the eval loss before and after training as points."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     steps = [entry["step"] for entry in history]
     ax.plot(steps, [entry["loss"] for entry in history], label="train loss", color="tab:blue", linewidth=1.5)

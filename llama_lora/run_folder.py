@@ -113,10 +113,16 @@ def clear_failure_claim(staging: Path) -> None:
 def finish(output_dir: Path, staging: Path) -> None:
     """Drop the checkpoints and move the completed staging folder into place, replacing an older run."""
     shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        output_dir.rename(old)
-        staging.rename(output_dir)
+    replace_folder(output_dir, staging)
+
+
+def replace_folder(dest: Path, staging: Path) -> None:
+    """Rename a finished staging folder to `dest`; an older `dest` is set aside first and removed only after."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+        staging.rename(dest)
         shutil.rmtree(old)
     else:
-        staging.rename(output_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)

@@ -8,12 +8,10 @@ answer. So the samples use exactly the template and tokens the model trained wit
 
 from __future__ import annotations
 
-import os
 import re
 import string
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from llama_lora.data import IGNORE_INDEX
@@ -200,8 +198,3 @@ def _fence(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def write_markdown(path: Path, text: str) -> None:
-    """samples.md, written whole (temp name, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
