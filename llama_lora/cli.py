@@ -20,15 +20,13 @@ from llama_lora.config import (
     ConfigError,
     RunOptions,
     TrainConfig,
-    auto_type,
     build,
     detect_machine,
+    flag,
     load_yaml,
     resolve,
+    value_type,
 )
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _show_default(name: str) -> bool | str:
@@ -41,12 +39,12 @@ def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """One click option for one config field."""
     spec = CONFIG_FIELDS[name]
     help_text = spec.metadata["help"]
-    is_bool = isinstance(spec.default, bool) or name == "load_in_4bit"
+    is_bool = value_type(name) is bool
     if is_bool:
-        decls = [f"{_flag(name)}/--no-{name.replace('_', '-')}"]
+        decls = [f"{flag(name)}/--no-{name.replace('_', '-')}"]
     else:
-        decls = [_flag(name)]
-    kind = {int: int, float: float}.get(type(spec.default) if spec.default is not None else auto_type(name), str)
+        decls = [flag(name)]
+    kind = {int: int, float: float}.get(value_type(name), str)
     if spec.metadata["choices"]:
         kind = click.Choice(spec.metadata["choices"])
     return click.option(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from llama_lora.config import CONFIG_FIELDS, computes, flag, recorded_path
+
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps.
 # Measured on CPU (fp32/bf16, same seed, same tokens): at most 0.1%. On GPU the backends differ by design in
 # kernels (Unsloth's fused Triton cross-entropy, RoPE and RMSNorm vs eager PyTorch), bf16 rounding of every
@@ -54,35 +56,34 @@ def _get(record: dict[str, Any], path: str) -> Any:
     return value
 
 
-# Everything that must be equal for a speed, memory or loss comparison to mean anything.
-FAIRNESS = {
-    "model": "model.name",
+# What must be equal besides the options (config.py declares which options change what is computed, and where
+# metrics.json shows their effect): none of these is one option. The tokens trained and evaluated on come from
+# the data files' content and every data option together; the device is the machine; packing, padding-free,
+# gradient clipping and the data seed are trainer settings no option sets, compared as the trainer really used
+# them (a backend library may change them); the steps taken follow from --epochs/--max-steps and the data.
+NOT_OPTIONS = {
     "tokenized data (hash of input ids + labels)": "data.hash",
-    "4-bit base": "load_in_4bit",
-    "dtype": "dtype",
     "device": "device.name",
-    "max length": "training_args.max_length",
     "packing": "training_args.packing",
     "padding-free": "training_args.padding_free",
-    "gradient checkpointing": "training_args.gradient_checkpointing",
-    "optimizer": "training_args.optim",
-    "learning rate": "training_args.learning_rate",
-    "schedule": "training_args.lr_scheduler_type",
-    "warm-up": "training_args.warmup_steps",
-    "weight decay": "training_args.weight_decay",
     "max grad norm": "training_args.max_grad_norm",
-    "batch size": "training_args.per_device_train_batch_size",
-    "gradient accumulation": "training_args.gradient_accumulation_steps",
-    "seed": "training_args.seed",
     "data seed": "training_args.data_seed",
     "steps": "steps",
-    "LoRA r": "config.r",
-    "LoRA alpha": "config.lora_alpha",
-    "LoRA dropout": "config.lora_dropout",
-    "LoRA target modules": "config.target_modules",
-    "rsLoRA": "config.use_rslora",
-    "DoRA": "config.use_dora",
 }
+
+
+def fairness_settings() -> dict[str, str]:
+    """Every setting the fairness check compares (label -> metrics.json path): the list above, then each
+    compute-changing option's recorded effect, labelled with its flag(s)."""
+    flags_by_path: dict[str, list[str]] = {}
+    for name in CONFIG_FIELDS:
+        if computes(name):
+            flags_by_path.setdefault(recorded_path(name), []).append(flag(name))
+    covered = set(NOT_OPTIONS.values())
+    return {**NOT_OPTIONS, **{" ".join(flags): path for path, flags in flags_by_path.items() if path not in covered}}
+
+
+FAIRNESS = fairness_settings()
 
 
 def fairness(a: Run, b: Run) -> list[dict[str, Any]]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -33,9 +34,17 @@ LOSS_ON = ("assistant", "last-assistant", "all")
 OVERLENGTH = ("drop", "truncate", "error")
 
 
-def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text; `auto` documents what a None default resolves to."""
-    return field(default=default, metadata={"help": help, "auto": auto, "choices": choices})
+def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None,
+         computes: bool = True, recorded: str | None = None) -> Any:
+    """A config field and everything the rest of the code needs to know about it, declared once.
+
+    auto: what a None default resolves to (its type is the annotation's). computes: the option changes what is
+    trained or measured, so `compare` checks it is equal in both runs and `--resume` refuses to change it (the
+    default, the safe side). recorded: the dotted metrics.json path that shows its effect, which the fairness
+    check compares (default `config.<name>`); a `training_args.<name>` path also records the trainer's value.
+    """
+    meta = {"help": help, "auto": auto, "choices": choices, "computes": computes, "recorded": recorded}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -46,37 +55,40 @@ class TrainConfig:
         None,
         "Hub id, local folder, or alias (" + ", ".join([*MODEL_ALIASES, EMBEDDED_MODEL]) + ").",
         auto=f"{GPU_DEFAULT_MODEL} with a CUDA GPU, else the embedded {EMBEDDED_MODEL} (SmolLM2-135M-Instruct)",
+        recorded="model.name"
     )
     dataset: str = _opt(
         BUNDLED_DATASET,
         "A .jsonl/.json/.csv/.parquet file; a folder with train.<ext> (and eval/validation/test.<ext>), "
         "saved with datasets' save_to_disk, or in hub layout; or a Hugging Face hub dataset name. "
-        "Relative paths are tried from the working directory, then from the repository.",
+        "Relative paths are tried from the working directory, then from the repository.", recorded="data.hash"
     )
-    dataset_split: str = _opt("train", "Split of the dataset to train on.")
+    dataset_split: str = _opt("train", "Split of the dataset to train on.", recorded="data.hash")
     eval_dataset: str | None = _opt(
         None, "Evaluate on this dataset (any source --dataset takes; its eval/validation/test split).",
         auto="the dataset's own eval/validation/test split, else --eval-fraction of the training rows",
+        recorded="data.hash"
     )
     format: str = _opt(
-        "auto", "Row format; auto detects it from the fields of the first row.", choices=("auto", *DATA_FORMATS)
+        "auto", "Row format; auto detects it from the fields of the first row.", choices=("auto", *DATA_FORMATS),
+        recorded="data.hash"
     )
     role_map: str = _opt(
         "", "Extra role names as name=role pairs, e.g. 'bot=assistant,customer=user' (YAML: a mapping). "
-        "Built in: teacher, gpt, model -> assistant; student, human -> user.",
+        "Built in: teacher, gpt, model -> assistant; student, human -> user.", recorded="data.hash"
     )
     loss_on: str = _opt(
         "assistant", "Tokens that count in the loss: every assistant turn, the last one only, or all tokens. "
         "Assistant turns include their end-of-turn token. Plain text always trains on all tokens.",
-        choices=LOSS_ON,
+        choices=LOSS_ON, recorded="data.hash"
     )
     overlength: str = _opt(
         "drop", "Rows longer than --max-seq-length: drop them (counted in the audit), truncate them, or stop "
-        "with an error naming the first one.", choices=OVERLENGTH,
+        "with an error naming the first one.", choices=OVERLENGTH, recorded="data.hash"
     )
     data_workers: int = _opt(
         1, "Processes that render and tokenize the data. 1 was fastest where measured: the Rust tokenizer "
-        "already encodes each batch on every core (benchmarks/results/data_throughput.md).",
+        "already encodes each batch on every core (benchmarks/results/data_throughput.md).", computes=False
     )
     r: int = _opt(16, "LoRA rank.")
     lora_alpha: int | None = _opt(None, "LoRA scaling numerator (the update is scaled by alpha/r).", auto="2 x r")
@@ -90,40 +102,51 @@ class TrainConfig:
     use_dora: bool = _opt(False, "Weight-decomposed LoRA (DoRA).")
     load_in_4bit: bool | None = _opt(
         None, "QLoRA: load the base model in 4-bit NF4 (bitsandbytes; also works on CPU).",
-        auto="4-bit with a CUDA GPU, 16-bit without",
+        auto="4-bit with a CUDA GPU, 16-bit without", recorded="load_in_4bit"
     )
     dtype: str | None = _opt(
         None, "Compute dtype: " + ", ".join(DTYPES) + ".",
-        auto="bfloat16 where the GPU/CPU has native bf16, else float16 on GPU / float32 on CPU",
+        auto="bfloat16 where the GPU/CPU has native bf16, else float16 on GPU / float32 on CPU", recorded="dtype"
     )
-    max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.")
-    batch_size: int = _opt(4, "Examples per device per forward pass.")
-    grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).")
-    learning_rate: float = _opt(2e-4, "Peak learning rate.")
-    lr_scheduler: str = _opt("linear", "Learning-rate schedule (any transformers scheduler name).")
-    warmup_ratio: float = _opt(0.05, "Share of the steps spent warming the learning rate up.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay on the LoRA weights.")
+    max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.",
+                               recorded="training_args.max_length")
+    batch_size: int = _opt(4, "Examples per device per forward pass.",
+                           recorded="training_args.per_device_train_batch_size")
+    grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).",
+                           recorded="training_args.gradient_accumulation_steps")
+    learning_rate: float = _opt(2e-4, "Peak learning rate.", recorded="training_args.learning_rate")
+    lr_scheduler: str = _opt("linear", "Learning-rate schedule (any transformers scheduler name).",
+                             recorded="training_args.lr_scheduler_type")
+    warmup_ratio: float = _opt(0.05, "Share of the steps spent warming the learning rate up.",
+                               recorded="training_args.warmup_steps")
+    weight_decay: float = _opt(0.0, "AdamW weight decay on the LoRA weights.", recorded="training_args.weight_decay")
     optim: str = _opt(
         "adamw_torch_fused",
         "Optimizer (transformers name). adamw_8bit / paged_adamw_8bit save memory on GPU only.",
+        recorded="training_args.optim"
     )
-    gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.")
-    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps > 0).")
+    gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.",
+                                        recorded="training_args.gradient_checkpointing")
+    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps > 0).", recorded="steps")
     max_steps: int | None = _opt(
         None, "Stop after this many optimizer steps (-1: run --epochs).",
         # A 2-core CPU trains the embedded model at about 100 tokens/s: one epoch of the bundled data
         # would take 20+ minutes, 10 steps (80 dialogues) show the whole pipeline in a few.
-        auto=f"-1 with a CUDA GPU, {CPU_DEMO_STEPS} on CPU",
+        auto=f"-1 with a CUDA GPU, {CPU_DEMO_STEPS} on CPU", recorded="steps"
     )
-    seed: int = _opt(42, "Seed for LoRA init, data order and dropout.")
+    seed: int = _opt(42, "Seed for LoRA init, data order and dropout.", recorded="training_args.seed")
     eval_fraction: float = _opt(
-        0.1, "Share of the training rows held out for eval when the dataset has no eval split (0: no eval)."
+        0.1, "Share of the training rows held out for eval when the dataset has no eval split (0: no eval).",
+        recorded="data.hash"
     )
     save_steps: int = _opt(
         100, "Save a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0: never. "
         "--resume continues from the latest.",
+        # bookkeeping, like the other computes=False options; with --early-stopping-patience it also sets when
+        # evaluations happen, which the resume check has never refused (a crash's fix may need another cadence)
+        computes=False,
     )
-    keep_checkpoints: int = _opt(2, "How many of the latest checkpoints to keep.")
+    keep_checkpoints: int = _opt(2, "How many of the latest checkpoints to keep.", computes=False)
     early_stopping_patience: int = _opt(
         0, "Stop after this many evaluations (one per --save-steps) without a better eval loss, and keep the "
         "best adapter; 0: off.",
@@ -131,20 +154,38 @@ class TrainConfig:
     samples: int = _opt(
         4, "After training, answer this many held-out eval prompts with the base model and the tuned one and "
         "write samples.md with a style check (and, for classification data, label accuracy and macro-F1 over the "
-        "eval split); 0: off.",
+        "eval split); 0: off.", computes=False
     )
     sample_max_tokens: int = _opt(
         256, "New tokens each sample answer may use (the bundled data's first teacher turns are 115-235 tokens).",
+        computes=False
     )
     trust_remote_code: bool = _opt(
         False, "Run Python code shipped with a hub model. Off by default: it executes someone else's code.",
+        computes=False
     )
     output_dir: str | None = _opt(
-        None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>"
+        None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>", computes=False
     )
 
 
 CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = get_type_hints(TrainConfig)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field."""
+    return "--" + name.replace("_", "-")
+
+
+def computes(name: str) -> bool:
+    """True when the option changes what is trained or measured (fairness compares it, --resume refuses a change)."""
+    return CONFIG_FIELDS[name].metadata["computes"]
+
+
+def recorded_path(name: str) -> str:
+    """The dotted metrics.json path that shows the option's effect."""
+    return CONFIG_FIELDS[name].metadata["recorded"] or f"config.{name}"
 
 
 @dataclass(frozen=True)
@@ -190,8 +231,7 @@ def coerce(name: str, value: Any) -> Any:
         if not modules:
             raise ConfigError("target_modules: expected at least one module name")
         return modules
-    default = CONFIG_FIELDS[name].default
-    kind = type(default) if default is not None else auto_type(name)
+    kind = value_type(name)
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     try:
@@ -200,9 +240,12 @@ def coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}: expected a {kind.__name__}, got {value!r}") from err
 
 
-def auto_type(name: str) -> type:
-    """Type of a field whose default is None ("auto")."""
-    return {"lora_alpha": int, "load_in_4bit": bool, "max_steps": int}.get(name, str)
+def value_type(name: str) -> type:
+    """Type of a field's values, from its annotation (`int | None` -> int): also what an "auto" field resolves to."""
+    hint = _TYPES[name]
+    kinds = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kind = next(kind for kind in kinds if kind is not type(None))
+    return get_origin(kind) or kind
 
 
 def build(values: dict[str, Any]) -> TrainConfig:

@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from llama_lora.config import RunOptions, TrainConfig, to_record
+from llama_lora.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
 from llama_lora.errors import UsageError
 from llama_lora.records import write_json
 
 CHECKPOINTS = "checkpoints"
 FAILURE_CLAIM = ".failure-recorded"
-# Options that may change between a crash and its resume without changing what is trained.
-RESUMABLE_CHANGES = {"data_workers", "save_steps", "keep_checkpoints", "samples", "sample_max_tokens"}
+# Options that may change between a crash and its resume: those declared not to change what is computed.
+RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
 
 
 def staging_dir(output_dir: Path) -> Path:

@@ -18,15 +18,19 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from llama_lora.config import TrainConfig
+from llama_lora.config import CONFIG_FIELDS, TrainConfig, recorded_path
 
-# The SFTConfig fields a fair comparison needs equal; metrics.json records their effective values.
-RECORDED_ARGS = (
-    "max_length", "packing", "padding_free", "gradient_checkpointing", "optim", "learning_rate",
-    "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "data_seed", "bf16", "fp16",
-    "max_grad_norm",
-)
+TRAINING_ARGS = "training_args."
+# metrics.json records the trainer's effective value of every SFTConfig field an option declares as its recorded
+# effect (config.py), and of these: the settings no option sets (compare.NOT_OPTIONS), and the fields that
+# --epochs/--max-steps and --dtype set, whose effect is compared as the steps taken and the dtype.
+OTHER_RECORDED_ARGS = ("packing", "padding_free", "data_seed", "max_grad_norm", "num_train_epochs", "max_steps",
+                       "bf16", "fp16")
+RECORDED_ARGS = tuple(dict.fromkeys([
+    *(recorded_path(name).removeprefix(TRAINING_ARGS) for name in CONFIG_FIELDS
+      if recorded_path(name).startswith(TRAINING_ARGS)),
+    *OTHER_RECORDED_ARGS,
+]))
 
 
 def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:

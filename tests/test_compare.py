@@ -81,7 +81,7 @@ def test_fair_pair_gets_ratios_and_a_verdict(pair):
 def test_different_max_length_is_flagged_and_no_winner_is_declared(tmp_path: Path):
     a = load_run(run_folder(tmp_path, "peft", record("peft", [2.0], 100.0, 5.0)))
     b = load_run(run_folder(tmp_path, "unsloth", record("unsloth", [2.0], 150.0, 3.0, training_args__max_length=1024)))
-    assert fairness(a, b) == [{"setting": "max length", "a": 2048, "b": 1024}]
+    assert fairness(a, b) == [{"setting": "--max-seq-length", "a": 2048, "b": 1024}]
     assert compare(a, b)["verdict"].startswith("no winner declared")
     assert compare(a, b, force=True)["verdict"].startswith("FORCED despite unfair settings: unsloth is 1.50x")
 

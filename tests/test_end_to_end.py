@@ -184,5 +184,5 @@ def test_a_run_with_another_max_length_is_flagged_as_unfair(runs, tmp_path):
                                "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True)
     assert compared.returncode == 3, compared.stdout + compared.stderr
     report = json.loads((tmp_path / "report" / "comparison.json").read_text())
-    assert {"setting": "max length", "a": 2048, "b": 512} in report["mismatches"]
+    assert {"setting": "--max-seq-length", "a": 2048, "b": 512} in report["mismatches"]
     assert report["verdict"].startswith("no winner declared")

@@ -1,0 +1,113 @@
+"""Each option is declared once (config.py `_opt`): whether it changes what is computed, where metrics.json
+shows its effect, and its type. The fairness check, the resume check, the recorded trainer arguments and the
+CLI's types are derived from those declarations, so a new option cannot be forgotten in one of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llama_lora.compare import FAIRNESS, Run, fairness
+from llama_lora.config import (
+    CONFIG_FIELDS,
+    Machine,
+    TrainConfig,
+    computes,
+    recorded_path,
+    resolve,
+    save_yaml,
+    value_type,
+)
+from llama_lora.errors import UsageError
+from llama_lora.run_folder import check_same_config
+
+CPU = Machine(cuda=False)
+# values a trainer accepts where "another value" cannot be made generically
+OTHER_VALUE = {"lr_scheduler": "cosine", "optim": "adamw_torch", "dtype": "bfloat16", "target_modules": ("q_proj",)}
+COMPUTING = [name for name in CONFIG_FIELDS if computes(name)]
+BOOKKEEPING = [name for name in CONFIG_FIELDS if not computes(name)]
+
+
+def resolved() -> TrainConfig:
+    return resolve(TrainConfig(), "peft", CPU)
+
+
+def other_value(name: str, value: Any) -> Any:
+    """A valid value different from `value` for the field `name`."""
+    if name in OTHER_VALUE:
+        return OTHER_VALUE[name]
+    choices = CONFIG_FIELDS[name].metadata["choices"]
+    if choices:
+        return next(choice for choice in choices if choice != value)
+    kind = value_type(name)
+    if kind is bool:
+        return not value
+    if kind is int:
+        return value + 1
+    if kind is float:
+        return value / 2 if value else 0.5
+    return f"{value}-other"
+
+
+def with_path(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of a nested record with the dotted `path` set to `value`."""
+    *parents, key = path.split(".")
+    copy = {**record}
+    target = copy
+    for parent in parents:
+        target[parent] = {**target.get(parent, {})}
+        target = target[parent]
+    target[key] = value
+    return copy
+
+
+def test_the_declared_types_match_the_defaults_and_resolve_auto_fields():
+    for name, spec in CONFIG_FIELDS.items():
+        if spec.default is not None:
+            assert isinstance(spec.default, value_type(name)), name
+    assert {name: value_type(name) for name in ("lora_alpha", "load_in_4bit", "max_steps", "model")} == {
+        "lora_alpha": int, "load_in_4bit": bool, "max_steps": int, "model": str}
+
+
+@pytest.mark.parametrize("name", COMPUTING)
+def test_every_compute_changing_option_is_compared_by_the_fairness_check(name: str, tmp_path: Path):
+    path = recorded_path(name)
+    assert path in FAIRNESS.values()
+    record = {"status": "completed", "config": {}}
+    a = Run(tmp_path, with_path(record, path, "one value"))
+    b = Run(tmp_path, with_path(record, path, "another"))
+    assert [m["setting"] for m in fairness(a, b)] == [k for k, v in FAIRNESS.items() if v == path]
+
+
+@pytest.mark.parametrize("name", COMPUTING)
+def test_resume_refuses_a_change_to_every_compute_changing_option(name: str, tmp_path: Path):
+    cfg = resolved()
+    save_yaml(cfg, tmp_path / "config.yaml")
+    changed = dataclasses.replace(cfg, **{name: other_value(name, getattr(cfg, name))})
+    with pytest.raises(UsageError, match=f"--resume with other options than the interrupted run: {name}:"):
+        check_same_config(tmp_path, changed)
+
+
+def test_resume_accepts_changes_to_bookkeeping_options_only(tmp_path: Path):
+    assert set(BOOKKEEPING) == {"data_workers", "save_steps", "keep_checkpoints", "samples", "sample_max_tokens",
+                                "trust_remote_code", "output_dir"}
+    cfg = resolved()
+    save_yaml(cfg, tmp_path / "config.yaml")
+    check_same_config(tmp_path, dataclasses.replace(cfg, **{n: other_value(n, getattr(cfg, n)) for n in BOOKKEEPING}))
+
+
+def test_options_recorded_as_trainer_arguments_set_those_arguments(tmp_path: Path):
+    from llama_lora.training import RECORDED_ARGS, build_sft_config
+
+    prefix = "training_args."
+    as_trainer_args = {name: recorded_path(name).removeprefix(prefix) for name in CONFIG_FIELDS
+                       if recorded_path(name).startswith(prefix)}
+    assert len(as_trainer_args) >= 10 and set(as_trainer_args.values()) <= set(RECORDED_ARGS)
+    cfg = resolved()
+    base = build_sft_config(cfg, tmp_path)
+    for name, arg in as_trainer_args.items():
+        changed = build_sft_config(dataclasses.replace(cfg, **{name: other_value(name, getattr(cfg, name))}), tmp_path)
+        assert getattr(changed, arg) != getattr(base, arg), f"--{name} does not set {arg}"
