@@ -31,6 +31,8 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llama_lora import run_record  # noqa: E402 (after the path insert; light: pydantic, no torch)
+
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
 
 # Llama 3.1 8B, from Meta's published config.json.
@@ -301,8 +303,7 @@ def probe(trials: list[dict[str, Any]], backend: str, model: str, setup: Setup, 
     trial = train(backend, model, setup, flags, seq_len, 1, work)
     peak = None
     if trial.code == 0:
-        peak = json.loads((trial.out / "metrics.json").read_text())["memory"]["after_training"].get(
-            "gpu_peak_allocated_gb")
+        peak = run_record.read(trial.out).value("memory.after_training.gpu_peak_allocated_gib")
     trials.append({"batch_size": flags.get("batch_size"), "seq_len": seq_len, "exit": trial.code,
                    "oom": trial.oom, "seconds": trial.seconds, "peak_allocated_gb": peak})
     if trial.code != 0 and not trial.oom:
@@ -348,17 +349,17 @@ def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, p
         return {"status": f"failed (exit {trial.code}{', OOM' if trial.oom else ''})", "trials": trials,
                 "error": trial.log.read_text(errors="replace")[-1500:]}
     out = trial.out
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = run_record.read(out)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     speed = throughput(log, setup.warmup)
-    memory = metrics["memory"]["after_training"]
+    memory = metrics.memory.after_training
     return {
         "status": "ok", "batch_size": flags.get("batch_size"), "seq_len": seq_len, **speed,
         **mfu(speed["median_tokens_per_s"], matmul, peak, bool(flags.get("gradient_checkpointing"))),
-        "peak_allocated_gb": memory.get("gpu_peak_allocated_gb"), "peak_reserved_gb": memory.get("gpu_peak_reserved_gb"),
-        "peak_rss_gb": memory.get("cpu_peak_rss_gb"), "load_s": metrics["runtime_s"]["load"],
+        "peak_allocated_gb": memory.gpu_peak_allocated_gib, "peak_reserved_gb": memory.gpu_peak_reserved_gib,
+        "peak_rss_gb": memory.cpu_peak_rss_gib, "load_s": metrics.runtime_s.load,
         "losses": [entry["loss"] for entry in log], "trials": trials,
-        "libraries": metrics["libraries"], "device": metrics["device"],
+        "libraries": metrics.libraries, "device": metrics.device.model_dump(mode="json", exclude_unset=True),
     }
 
 

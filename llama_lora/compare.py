@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from llama_lora import run_record
 from llama_lora.config import CONFIG_FIELDS, computes, flag, recorded_path
+from llama_lora.errors import UsageError
+from llama_lora.run_record import RunRecord
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps.
 # Measured on CPU (fp32/bf16, same seed, same tokens): at most 0.1%. On GPU the backends differ by design in
@@ -30,30 +33,29 @@ class Run:
     """One run folder's records."""
 
     folder: Path
-    metrics: dict[str, Any]
+    metrics: RunRecord
 
     @property
     def label(self) -> str:
-        backend = self.metrics.get("backend", "?")
+        backend = self.metrics.backend or "?"
         return backend if self.folder.name == backend else f"{backend} ({self.folder.name})"
+
+    def get(self, path: str) -> Any:
+        """The record's value at a dotted path (None where it has none)."""
+        return self.metrics.value(path)
 
 
 def load_run(folder: Path) -> Run:
     """A finished run folder, or a ValueError saying what is missing."""
-    path = folder / "metrics.json"
-    if not path.is_file():
+    try:
+        metrics = run_record.read(folder)
+    except UsageError as err:
+        raise ValueError(str(err)) from err
+    if metrics is None:
         raise ValueError(f"{folder}: no metrics.json; is this a finished run folder?")
-    metrics = json.loads(path.read_text())
-    if metrics.get("status") != "completed":
-        raise ValueError(f"{folder}: the run did not complete (status {metrics.get('status')!r})")
+    if metrics.status != "completed":
+        raise ValueError(f"{folder}: the run did not complete (status {metrics.status!r})")
     return Run(folder, metrics)
-
-
-def _get(record: dict[str, Any], path: str) -> Any:
-    value: Any = record
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
 
 
 # What must be equal besides the options (config.py declares which options change what is computed, and where
@@ -88,8 +90,8 @@ FAIRNESS = fairness_settings()
 
 def fairness(a: Run, b: Run) -> list[dict[str, Any]]:
     """Every setting on which the two runs differ (an empty list: a fair comparison)."""
-    return [{"setting": name, "a": _get(a.metrics, path), "b": _get(b.metrics, path)}
-            for name, path in FAIRNESS.items() if _get(a.metrics, path) != _get(b.metrics, path)]
+    return [{"setting": name, "a": a.get(path), "b": b.get(path)}
+            for name, path in FAIRNESS.items() if a.get(path) != b.get(path)]
 
 
 def adapter_mb(run: Run) -> float | None:
@@ -97,34 +99,31 @@ def adapter_mb(run: Run) -> float | None:
     return round(path.stat().st_size / 1e6, 2) if path.exists() else None
 
 
-def _memory(phase: str, key: str) -> Callable[[Run], Any]:
-    return lambda run: _get(run.metrics, f"memory.{phase}.{key}")
-
-
-# (label, getter, unit, which way is better); rows whose values are missing in both runs are skipped
-# (GPU counters on a CPU run, and the reverse).
-REPORT_ROWS: list[tuple[str, Callable[[Run], Any], str, str]] = [
-    ("peak GPU allocated, after load", _memory("after_load", "gpu_peak_allocated_gb"), "GB", "lower"),
-    ("peak GPU reserved, after load", _memory("after_load", "gpu_peak_reserved_gb"), "GB", "lower"),
-    ("peak GPU allocated, training", _memory("after_training", "gpu_peak_allocated_gb"), "GB", "lower"),
-    ("peak GPU reserved, training", _memory("after_training", "gpu_peak_reserved_gb"), "GB", "lower"),
-    ("peak process RSS, after load", _memory("after_load", "cpu_peak_rss_gb"), "GB", "lower"),
-    ("peak process RSS, training", _memory("after_training", "cpu_peak_rss_gb"), "GB", "lower"),
-    ("non-padding tokens/s", lambda r: _get(r.metrics, "tokens.per_second"), "tok/s", "higher"),
-    ("training time", lambda r: _get(r.metrics, "runtime_s.train"), "s", "lower"),
-    ("wall time, whole run", lambda r: _get(r.metrics, "runtime_s.total"), "s", "lower"),
-    ("final train loss", lambda r: _get(r.metrics, "final_train_loss"), "", "lower"),
-    ("eval loss before", lambda r: _get(r.metrics, "eval_loss.before"), "", "lower"),
-    ("eval loss after", lambda r: _get(r.metrics, "eval_loss.after"), "", "lower"),
-    ("trainable parameters", lambda r: _get(r.metrics, "parameters.trainable"), "", "equal"),
+# (label, metrics.json path or a getter, unit, which way is better); rows whose values are missing in both runs are
+# skipped (GPU counters on a CPU run, and the reverse).
+REPORT_ROWS: list[tuple[str, str | Callable[[Run], Any], str, str]] = [
+    ("peak GPU allocated, after load", "memory.after_load.gpu_peak_allocated_gib", "GiB", "lower"),
+    ("peak GPU reserved, after load", "memory.after_load.gpu_peak_reserved_gib", "GiB", "lower"),
+    ("peak GPU allocated, training", "memory.after_training.gpu_peak_allocated_gib", "GiB", "lower"),
+    ("peak GPU reserved, training", "memory.after_training.gpu_peak_reserved_gib", "GiB", "lower"),
+    ("peak process RSS, after load", "memory.after_load.cpu_peak_rss_gib", "GiB", "lower"),
+    ("peak process RSS, training", "memory.after_training.cpu_peak_rss_gib", "GiB", "lower"),
+    ("non-padding tokens/s", "tokens.per_second", "tok/s", "higher"),
+    ("training time", "runtime_s.train", "s", "lower"),
+    ("wall time, whole run", "runtime_s.total", "s", "lower"),
+    ("final train loss", "final_train_loss", "", "lower"),
+    ("eval loss before", "eval_loss.before", "", "lower"),
+    ("eval loss after", "eval_loss.after", "", "lower"),
+    ("trainable parameters", "parameters.trainable", "", "equal"),
     ("adapter size on disk", adapter_mb, "MB", "equal"),
 ]
+REPORT_PATHS = [getter for _, getter, _, _ in REPORT_ROWS if isinstance(getter, str)]
 
 
 def loss_parity(a: Run, b: Run, tolerance: dict[str, float] = PARITY_TOLERANCE) -> dict[str, Any]:
     """Mean and max relative difference of the per-step train losses over the steps both runs logged."""
-    losses_a = {h["step"]: h["loss"] for h in a.metrics.get("loss_history", [])}
-    losses_b = {h["step"]: h["loss"] for h in b.metrics.get("loss_history", [])}
+    losses_a = {h["step"]: h["loss"] for h in a.metrics.loss_history or []}
+    losses_b = {h["step"]: h["loss"] for h in b.metrics.loss_history or []}
     steps = sorted(set(losses_a) & set(losses_b))
     diffs = [abs(losses_b[s] - losses_a[s]) / abs(losses_a[s]) for s in steps if losses_a[s]]
     if not diffs:
@@ -146,8 +145,8 @@ def compare(a: Run, b: Run, force: bool = False) -> dict[str, Any]:
     """The whole comparison record (what comparison.json holds)."""
     mismatches = fairness(a, b)
     rows = []
-    for label, get, unit, better in REPORT_ROWS:
-        va, vb = get(a), get(b)
+    for label, getter, unit, better in REPORT_ROWS:
+        va, vb = (run.get(getter) if isinstance(getter, str) else getter(run) for run in (a, b))
         if va is None and vb is None:
             continue
         ratio = round(vb / va, 3) if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va else None
@@ -156,7 +155,7 @@ def compare(a: Run, b: Run, force: bool = False) -> dict[str, Any]:
     return {
         "a": {"label": a.label, "folder": str(a.folder)},
         "b": {"label": b.label, "folder": str(b.folder)},
-        "device": _get(a.metrics, "device.name"),
+        "device": a.get("device.name"),
         "fair": fair,
         "mismatches": mismatches,
         "rows": rows,
@@ -189,14 +188,14 @@ def _verdict(a: Run, b: Run, rows: list[dict[str, Any]], allowed: bool, forced: 
 
 
 def _fmt(value: Any, unit: str = "") -> str:
-    """Numbers as a reader wants them: GB to 2 decimals, seconds and tokens/s to 1, losses to 4."""
+    """Numbers as a reader wants them: GiB to 2 decimals, seconds and tokens/s to 1, losses to 4."""
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    digits = {"GB": 2, "MB": 1, "s": 1, "tok/s": 1, "x": 2}.get(unit, 4)
+    digits = {"GiB": 2, "MB": 1, "s": 1, "tok/s": 1, "x": 2}.get(unit, 4)
     return f"{value:,.{digits}f}"
 
 
@@ -241,12 +240,11 @@ def plot(a: Run, b: Run, record: dict[str, Any], path: Path) -> None:
     styles = ((a, {"color": "tab:blue", "linewidth": 4, "alpha": 0.45}, "o"),
               (b, {"color": "tab:red", "linewidth": 1.3, "linestyle": "--"}, "s"))
     for run, style, marker in styles:
-        history = run.metrics.get("loss_history", [])
+        history = run.metrics.loss_history or []
         steps = [h["step"] for h in history]
         top.plot(steps, [h["loss"] for h in history], label=f"{run.label} train", **style)
-        ev = run.metrics.get("eval_loss", {})
-        points = [(x, y) for x, y in ((0, ev.get("before")), (steps[-1] if steps else 1, ev.get("after")))
-                  if y is not None]
+        ends = ((0, run.get("eval_loss.before")), (steps[-1] if steps else 1, run.get("eval_loss.after")))
+        points = [(x, y) for x, y in ends if y is not None]
         if points:
             top.plot(*zip(*points), marker, color=style["color"], markersize=8 if marker == "o" else 5,
                      markerfacecolor="none", linestyle="none", label=f"{run.label} eval (before / after)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import yaml
 
-from llama_lora import gguf_export
+from llama_lora import gguf_export, run_record
 from llama_lora.errors import UsageError
 from llama_lora.records import write_text
 
@@ -70,8 +70,9 @@ def recorded_model(run: Path) -> str | None:
 def run_base_model(run: Path) -> Path:
     """The base model a run folder trained on: metrics.json's resolved path, config.yaml's model, the adapter's."""
     candidates: list[str | None] = []
-    if (run / "metrics.json").is_file():
-        candidates.append(json.loads((run / "metrics.json").read_text()).get("model", {}).get("path"))
+    record = run_record.read(run)
+    if record is not None:
+        candidates.append(record.value("model.path"))
     candidates.append(recorded_model(run))
     candidates.append(json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path"))
     for candidate in candidates:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 import yaml
 
+from llama_lora import run_record
 from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES
 from llama_lora.errors import UsageError
 
@@ -63,18 +64,18 @@ def read_run(folder: str | Path, base: str | None = None) -> RunInfo:
         raise UsageError(f"{folder}: no {ADAPTER_CONFIG}, so no adapter to load; expected a finished run folder "
                          "(the one a training script prints at its end)")
     config = _read_mapping(folder / "config.yaml", yaml.safe_load)
-    metrics = _read_mapping(folder / "metrics.json", json.loads)
+    metrics = run_record.read(folder) or run_record.RunRecord(status="unknown")
     adapter = json.loads((folder / ADAPTER_CONFIG).read_text())
     if base is None:
         base = _recorded_base(config, metrics, adapter)
         if base is None:
             raise UsageError(f"{folder}: cannot tell the base model (no config.yaml, metrics.json or "
                              "base_model_name_or_path); pass --base-model")
-    dtype = config.get("dtype") or metrics.get("dtype") or "bfloat16"
+    dtype = config.get("dtype") or metrics.dtype or "bfloat16"
     if dtype == "float16" and not torch.cuda.is_available():
         dtype = "float32"  # fp16 matmuls are not supported well on CPU; the values are the same adapter
-    return RunInfo(folder, base, bool(config.get("load_in_4bit", metrics.get("load_in_4bit", False))), dtype,
-                   bool(config.get("trust_remote_code", False)), metrics.get("backend"))
+    return RunInfo(folder, base, bool(config.get("load_in_4bit", metrics.load_in_4bit or False)), dtype,
+                   bool(config.get("trust_remote_code", False)), metrics.backend)
 
 
 def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
@@ -90,12 +91,12 @@ def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
     return data
 
 
-def _recorded_base(config: dict[str, Any], metrics: dict[str, Any], adapter: dict[str, Any]) -> str | None:
+def _recorded_base(config: dict[str, Any], metrics: run_record.RunRecord, adapter: dict[str, Any]) -> str | None:
     """The base model the run trained on: its recorded path if that still exists, else its name resolved again."""
-    path = (metrics.get("model") or {}).get("path")
+    path = metrics.value("model.path")
     if path and Path(path).exists():
         return path
-    name = config.get("model") or (metrics.get("model") or {}).get("name")
+    name = config.get("model") or metrics.value("model.name")
     if name == EMBEDDED_MODEL:
         from llama_lora import assets  # converts the embedded model on first use (a cache moved or wiped)
 

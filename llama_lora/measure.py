@@ -29,7 +29,7 @@ def device_info() -> dict[str, Any]:
     """The device training runs on, by name."""
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return {"type": "cuda", "name": props.name, "memory_gb": round(props.total_memory / GIB, 2),
+        return {"type": "cuda", "name": props.name, "memory_gib": round(props.total_memory / GIB, 2),
                 "cuda": torch.version.cuda, "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
     return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads()}
 
@@ -48,13 +48,13 @@ def memory_snapshot() -> dict[str, float]:
     """Peak memory so far: GPU allocated and reserved (torch's counters), or the process's peak RSS on CPU."""
     if torch.cuda.is_available():
         return {
-            "gpu_allocated_gb": round(torch.cuda.memory_allocated() / GIB, 3),
-            "gpu_peak_allocated_gb": round(torch.cuda.max_memory_allocated() / GIB, 3),
-            "gpu_peak_reserved_gb": round(torch.cuda.max_memory_reserved() / GIB, 3),
+            "gpu_allocated_gib": round(torch.cuda.memory_allocated() / GIB, 3),
+            "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+            "gpu_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
         }
     # ru_maxrss is in KiB on Linux, bytes on macOS
     scale = 1 if sys.platform == "darwin" else 1024
-    return {"cpu_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB, 3)}
+    return {"cpu_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB, 3)}
 
 
 def parameter_counts(model: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, run_folder, samples
+from llama_lora import assets, distributed, measure, run_folder, run_record, samples
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
@@ -100,7 +100,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
             print(f"Resuming from {checkpoint}")
     elif main:
         run_folder.fresh(staging)
-        run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg)})
+        run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
         save_yaml(cfg, staging / "config.yaml")
         write_json(staging / "audit.json", audit)
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
@@ -122,13 +122,13 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
         return _fail(cfg, staging, err)
     if not main:
         return 0
-    metrics["data"] = data_record
-    metrics["runtime_s"]["total"] = round(time.perf_counter() - started, 2)
+    metrics.data = data_record
+    metrics.runtime_s.total = round(time.perf_counter() - started, 2)
     tokenizer.save_pretrained(staging)
-    plot_loss(metrics["loss_history"], metrics["eval_loss"],
+    plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
               f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
               staging / "loss_curve.png")
-    run_folder.write_status(staging, metrics)  # the last file written says "completed"
+    run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)
     return 0
@@ -149,13 +149,15 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     else:
         message = f"Training failed: {type(err).__name__}: {err}"
     saved = run_folder.checkpoints(staging)
-    record = {"status": "failed", "reason": where + message, "last_checkpoint": str(saved[-1]) if saved else None}
+    failure = {"status": "failed", "reason": where + message, "last_checkpoint": str(saved[-1]) if saved else None}
     try:
-        record = {**json.loads((staging / "metrics.json").read_text()), **record}
-    except (OSError, ValueError):
-        pass
+        running = run_record.read(staging)
+    except UsageError:  # a half-written or foreign metrics.json: the failure record replaces it
+        running = None
+    record = running.model_copy(update=failure) if running else run_record.new(**failure)
+    record.model_fields_set.update(failure)
     if distributed.world_size() == 1 or run_folder.claim_failure(staging):
-        run_folder.write_status(staging, record)
+        run_record.write(staging, record)
     resume = (f"The last good checkpoint is {saved[-1]}; after fixing the cause, --resume continues from it."
               if saved else "No checkpoint was saved (see --save-steps).")
     print(f"error: {where}{message}\n{resume}\nRun record: {staging / 'metrics.json'}", file=sys.stderr)
@@ -166,7 +168,7 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
 
 def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_rows: list[dict[str, Any]],
            eval_rows: list[dict[str, Any]], staging: Path, checkpoint: Path | None,
-           labels: list[str] | None = None) -> dict[str, Any]:
+           labels: list[str] | None = None) -> run_record.RunRecord:
     """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, sample, save the adapter."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -184,12 +186,12 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
         [step_log], backend.own_cpu_loss, cfg.early_stopping_patience,
     )
-    running = json.loads((staging / "metrics.json").read_text()) if checkpoint else {}
-    eval_before = running.get("eval_loss", {}).get("before") if checkpoint else (
+    running = run_record.read(staging) if checkpoint else None
+    eval_before = running.value("eval_loss.before") if running else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
     if main:
-        run_folder.write_status(staging, {"status": "running", "backend": backend.name, "config": to_record(cfg),
-                                          "eval_loss": {"before": eval_before}})
+        run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
+                                                 eval_loss={"before": eval_before}))
     tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     memory_after_training = measure.memory_snapshot()
@@ -205,33 +207,33 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     train_s = result.metrics["train_runtime"]
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
     tokens = int(trainer.state.num_input_tokens_seen)
-    return {
-        "status": "completed",
-        "backend": backend.name,
-        "model": {"name": cfg.model, "path": path},
-        "load_in_4bit": cfg.load_in_4bit,
-        "dtype": cfg.dtype,
-        "device": measure.device_info(),
-        "libraries": measure.library_versions(backend.libraries),
-        "parameters": measure.parameter_counts(model),
-        "processes": {"count": distributed.world_size(), "fsdp": distributed.fsdp_requested()},
+    return run_record.new(
+        "completed",
+        backend=backend.name,
+        model={"name": cfg.model, "path": path},
+        load_in_4bit=cfg.load_in_4bit,
+        dtype=cfg.dtype,
+        device=measure.device_info(),
+        libraries=measure.library_versions(backend.libraries),
+        parameters=measure.parameter_counts(model),
+        processes={"count": distributed.world_size(), "fsdp": distributed.fsdp_requested()},
         # the main process's own device, and (under a launch) each process's, in rank order
-        "memory": {"after_load": memory_after_load, "after_training": memory_after_training,
-                   **({"per_process": per_process} if len(per_process) > 1 else {})},
-        "runtime_s": {"load": round(load_s, 2), "train": round(train_s, 2),
-                      "samples": sampled[0]["seconds"] if sampled else None},
-        "steps": trainer.state.global_step,
-        "resumed_from_step": resume_step or None,
+        memory={"after_load": memory_after_load, "after_training": memory_after_training,
+                **({"per_process": per_process} if len(per_process) > 1 else {})},
+        runtime_s={"load": round(load_s, 2), "train": round(train_s, 2),
+                   "samples": sampled[0]["seconds"] if sampled else None},
+        steps=trainer.state.global_step,
+        resumed_from_step=resume_step or None,
         # tokens/s over this process's training only: a resumed run did not train the earlier steps here
-        "tokens": {"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
-        "final_train_loss": step_log.history[-1]["loss"] if step_log.history else None,
-        "eval_loss": {"before": eval_before, "after": eval_after},
-        "samples": sampled[0] if sampled else None,
-        "early_stopping": _early_stopping_record(cfg, trainer, step_log),
-        "loss_history": step_log.history,
-        "training_args": effective_args(trainer),
-        "config": to_record(cfg),
-    }
+        tokens={"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
+        final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
+        eval_loss={"before": eval_before, "after": eval_after},
+        samples=sampled[0] if sampled else None,
+        early_stopping=_early_stopping_record(cfg, trainer, step_log),
+        loss_history=step_log.history,
+        training_args=effective_args(trainer),
+        config=to_record(cfg),
+    )
 
 
 def _save_adapter(trainer: Any, model: Any, staging: Path, main: bool) -> None:
@@ -263,25 +265,25 @@ def _early_stopping_record(cfg: TrainConfig, trainer: Any, step_log: StepLog) ->
     }
 
 
-def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     """A few lines a user reads at the end of a run."""
-    ev = metrics["eval_loss"]
-    mem = metrics["memory"]["after_training"]
-    peak = (f"{mem['gpu_peak_allocated_gb']} GB GPU allocated, {mem['gpu_peak_reserved_gb']} GB reserved"
-            if "gpu_peak_allocated_gb" in mem else f"{mem['cpu_peak_rss_gb']} GB process RSS")
-    processes = metrics["processes"]["count"]
+    ev = metrics.eval_loss
+    mem = metrics.memory.after_training
+    peak = (f"{mem.gpu_peak_allocated_gib} GiB GPU allocated, {mem.gpu_peak_reserved_gib} GiB reserved"
+            if mem.gpu_peak_allocated_gib is not None else f"{mem.cpu_peak_rss_gib} GiB process RSS")
+    processes = metrics.processes.count
     if processes > 1:
         peak += f" on the main process's device (each of the {processes} processes: metrics.json memory.per_process)"
     print(f"\nSaved adapter and run record to {output_dir}/")
-    if ev["before"] is not None:
-        print(f"  eval loss   {ev['before']:.4f} -> {ev['after']:.4f}")
-    print(f"  train loss  {metrics['final_train_loss']:.4f} after {metrics['steps']} steps")
+    if ev.before is not None:
+        print(f"  eval loss   {ev.before:.4f} -> {ev.after:.4f}")
+    print(f"  train loss  {metrics.final_train_loss:.4f} after {metrics.steps} steps")
     scope = " (all processes)" if processes > 1 else ""
-    print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s{scope} "
-          f"({metrics['runtime_s']['train']:.0f} s training)")
+    print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
+          f"({metrics.runtime_s.train:.0f} s training)")
     print(f"  peak memory {peak}")
-    if metrics.get("samples"):
-        style, n = metrics["samples"]["style"], metrics["samples"]["prompts"]
+    if metrics.samples:
+        style, n = metrics.samples["style"], metrics.samples["prompts"]
         before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))
         print(f"  samples     'Quick check' endings {before}/{n} -> {after}/{n} on held-out prompts "
               "(base -> tuned; samples.md)")

@@ -13,13 +13,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from llama_lora.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
 from llama_lora.errors import UsageError
-from llama_lora.records import write_json
 
 CHECKPOINTS = "checkpoints"
 FAILURE_CLAIM = ".failure-recorded"
@@ -88,11 +86,6 @@ def fresh(staging: Path) -> None:
     """An empty staging folder (an earlier attempt's leftovers are discarded)."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-
-
-def write_status(staging: Path, record: dict[str, Any]) -> None:
-    """metrics.json, replaced whole so a reader never sees half a file."""
-    write_json(staging / "metrics.json", record)
 
 
 def claim_failure(staging: Path) -> bool:

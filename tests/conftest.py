@@ -23,6 +23,15 @@ def load_script(relative: str):
     return module
 
 
+def read_metrics(folder: Path) -> dict:
+    """A run folder's metrics.json, read through the typed run record (current key names, validated)."""
+    from llama_lora import run_record
+
+    record = run_record.read(folder)
+    assert record is not None, f"{folder} has no metrics.json"
+    return record.dump()
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -24,7 +24,7 @@ def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: floa
                           "learning_rate": 2e-4, "seed": 42},
         "loss_history": [{"step": i + 1, "loss": loss} for i, loss in enumerate(losses)],
         "tokens": {"per_second": tokens_per_s}, "runtime_s": {"train": 100.0, "total": 120.0},
-        "memory": {"after_load": {"cpu_peak_rss_gb": 1.0}, "after_training": {"cpu_peak_rss_gb": peak_gb}},
+        "memory": {"after_load": {"cpu_peak_rss_gib": 1.0}, "after_training": {"cpu_peak_rss_gib": peak_gb}},
         "eval_loss": {"before": 2.6, "after": 2.5}, "final_train_loss": losses[-1],
         "parameters": {"trainable": 1000},
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +61,14 @@ def test_run_folder_holds_exactly_the_documented_files(runs, backend):
 
 @pytest.mark.parametrize("backend", SCRIPTS)
 def test_metrics_record_the_run_with_sane_values(runs, backend):
-    m = json.loads((runs[backend] / "metrics.json").read_text())
+    m = read_metrics(runs[backend])
     assert m["status"] == "completed" and m["backend"] == backend
     assert m["model"]["name"] == "smollm2" and m["load_in_4bit"] is False
     assert m["device"]["type"] == "cpu" and m["device"]["name"]
     assert m["libraries"]["torch"] and m["libraries"]["trl"] == "1.15.0"
     assert 0 < m["parameters"]["trainable"] < m["parameters"]["total"]
-    assert m["memory"]["after_load"]["cpu_peak_rss_gb"] > 0.2
-    assert m["memory"]["after_training"]["cpu_peak_rss_gb"] >= m["memory"]["after_load"]["cpu_peak_rss_gb"]
+    assert m["memory"]["after_load"]["cpu_peak_rss_gib"] > 0.2
+    assert m["memory"]["after_training"]["cpu_peak_rss_gib"] >= m["memory"]["after_load"]["cpu_peak_rss_gib"]
     assert m["steps"] == STEPS and [h["step"] for h in m["loss_history"]] == [1, 2, 3]
     assert all(0 < h["loss"] < 20 and math.isfinite(h["loss"]) for h in m["loss_history"])
     # the trainer's own non-padding token counter, as logged at the last step
@@ -90,7 +90,7 @@ def test_step_log_has_one_line_per_optimizer_step(runs, backend):
 
 @pytest.mark.parametrize("backend", SCRIPTS)
 def test_samples_compare_base_and_tuned_answers_on_held_out_prompts(runs, backend):
-    m = json.loads((runs[backend] / "metrics.json").read_text())
+    m = read_metrics(runs[backend])
     sampled = m["samples"]
     assert sampled["prompts"] == 2 and sampled["max_new_tokens"] == 24 and m["runtime_s"]["samples"] > 0
     # every reference answer in the fixture ends with "Quick check: ...?" after numbered steps
@@ -125,7 +125,7 @@ def test_adapter_gives_the_same_logits_in_plain_peft_and_in_unsloths_loader(runs
 
 
 def test_both_backends_train_on_identical_tokens_with_the_same_settings(runs):
-    peft, unsloth = (json.loads((runs[b] / "metrics.json").read_text()) for b in ("peft", "unsloth"))
+    peft, unsloth = (read_metrics(runs[b]) for b in ("peft", "unsloth"))
     assert peft["data"]["hash"] == unsloth["data"]["hash"]
     assert peft["training_args"] == unsloth["training_args"]
     assert peft["parameters"] == unsloth["parameters"]
@@ -152,7 +152,7 @@ def test_adapter_loads_in_plain_peft_and_changes_the_logits(runs, backend, smoll
 def test_qlora_4bit_trains_on_cpu_through_bitsandbytes(backend, tmp_path, tiny_dataset):
     result = train(backend, tiny_dataset, tmp_path / "qlora", "--load-in-4bit", "--max-steps", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    m = json.loads((tmp_path / "qlora" / "metrics.json").read_text())
+    m = read_metrics(tmp_path / "qlora")
     assert m["load_in_4bit"] is True and m["steps"] == 1
     assert math.isfinite(m["loss_history"][0]["loss"])
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import read_metrics
 
 from llama_lora import measure
 from llama_lora.backend import Backend
@@ -76,7 +77,7 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
     result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8"])
     assert result.exit_code == 1, result.output
     assert "peak 77.9 GB allocated of 79.6 GB" in result.stderr and "--batch-size 4 --grad-accum 4" in result.stderr
-    record = json.loads((tmp_path / "runs" / ".peft.partial" / "metrics.json").read_text())
+    record = read_metrics(tmp_path / "runs" / ".peft.partial")
     assert record["status"] == "failed" and record["reason"].startswith("CUDA ran out of memory")
     assert not out.exists()
 

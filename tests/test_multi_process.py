@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, dialogue, write_jsonl
+from conftest import REPO, dialogue, read_metrics, write_jsonl
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -73,12 +73,12 @@ def test_only_the_main_process_writes_the_run_folder_once(launched):
 
 
 def test_metrics_hold_global_tokens_and_each_process_memory(launched, single):
-    two = json.loads((launched[0] / "metrics.json").read_text())
-    one = json.loads((single / "metrics.json").read_text())
+    two = read_metrics(launched[0])
+    one = read_metrics(single)
     assert two["processes"] == {"count": 2, "fsdp": False} and one["processes"]["count"] == 1
     # the token counter is gathered from both processes: the same tokens as one process with twice the batches
     assert two["tokens"]["non_padding_seen"] == one["tokens"]["non_padding_seen"] > 0
-    assert [p["after_training"]["cpu_peak_rss_gb"] > 0.2 for p in two["memory"]["per_process"]] == [True, True]
+    assert [p["after_training"]["cpu_peak_rss_gib"] > 0.2 for p in two["memory"]["per_process"]] == [True, True]
     assert "per_process" not in one["memory"]
 
 
@@ -116,6 +116,6 @@ def test_a_failure_on_one_process_ends_the_launch_and_is_recorded_once(data, tmp
     assert result.returncode != 0
     assert "[process 1 of 2] Training failed: RuntimeError: injected failure on process 1" in result.stderr
     staging = out.with_name(f".{out.name}.partial")
-    record = json.loads((staging / "metrics.json").read_text())
+    record = read_metrics(staging)
     assert record["status"] == "failed" and record["reason"].startswith("[process 1 of 2] Training failed")
     assert (staging / ".failure-recorded").exists() and not out.exists()

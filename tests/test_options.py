@@ -5,11 +5,13 @@ CLI's types are derived from those declarations, so a new option cannot be forgo
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llama_lora import run_record
 from llama_lora.compare import FAIRNESS, Run, fairness
 from llama_lora.config import (
     CONFIG_FIELDS,
@@ -25,6 +27,8 @@ from llama_lora.errors import UsageError
 from llama_lora.run_folder import check_same_config
 
 CPU = Machine(cuda=False)
+# a real run's record (see test_run_record.py)
+RECORDED = json.loads((Path(__file__).parent / "fixtures" / "metrics_v1_main_f773af3.json").read_text())
 # values a trainer accepts where "another value" cannot be made generically
 OTHER_VALUE = {"lr_scheduler": "cosine", "optim": "adamw_torch", "dtype": "bfloat16", "target_modules": ("q_proj",)}
 COMPUTING = [name for name in CONFIG_FIELDS if computes(name)]
@@ -52,6 +56,17 @@ def other_value(name: str, value: Any) -> Any:
     return f"{value}-other"
 
 
+def other_recorded(value: Any) -> Any:
+    """Another value of the same JSON type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "other"]
+    return f"{value}-other"
+
+
 def with_path(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of a nested record with the dotted `path` set to `value`."""
     *parents, key = path.split(".")
@@ -76,10 +91,16 @@ def test_the_declared_types_match_the_defaults_and_resolve_auto_fields():
 def test_every_compute_changing_option_is_compared_by_the_fairness_check(name: str, tmp_path: Path):
     path = recorded_path(name)
     assert path in FAIRNESS.values()
-    record = {"status": "completed", "config": {}}
-    a = Run(tmp_path, with_path(record, path, "one value"))
-    b = Run(tmp_path, with_path(record, path, "another"))
+    a = Run(tmp_path, run_record.parse(RECORDED))
+    b = Run(tmp_path, run_record.parse(with_path(RECORDED, path, other_recorded(a.get(path)))))
     assert [m["setting"] for m in fairness(a, b)] == [k for k, v in FAIRNESS.items() if v == path]
+
+
+def test_options_recorded_as_trainer_arguments_are_recorded_with_their_value():
+    """In a real run's record, each such trainer argument holds the option's value (warm-up: a share)."""
+    for name in CONFIG_FIELDS:
+        if recorded_path(name).startswith("training_args."):
+            assert run_record.parse(RECORDED).value(recorded_path(name)) == RECORDED["config"][name], name
 
 
 @pytest.mark.parametrize("name", COMPUTING)

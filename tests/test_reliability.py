@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
+from conftest import REPO, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def losses(folder: Path) -> list[float]:
-    return [entry["loss"] for entry in json.loads((folder / "metrics.json").read_text())["loss_history"]]
+    return [entry["loss"] for entry in read_metrics(folder)["loss_history"]]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, scrip
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not out.exists()  # nothing that looks finished
-    assert json.loads((staging / "metrics.json").read_text())["status"] == "running"
+    assert read_metrics(staging)["status"] == "running"
 
     refused = run(command(data, out, script=script))  # a plain re-run must not discard the checkpoints
     assert refused.returncode == 2 and "--resume continues it" in refused.stderr
@@ -76,7 +76,7 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, scrip
     resumed = run(command(data, out, "--resume", script=script))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not staging.exists()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out)
     assert metrics["status"] == "completed" and metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
     # CPU float32 with a fixed seed is deterministic: the resumed run retraces the uninterrupted one.
     assert losses(out) == pytest.approx(losses(straight), rel=1e-5)
@@ -101,7 +101,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupt
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Training stopped: the " in result.stderr and "Lower --learning-rate" in result.stderr
     staging = out.with_name(".nan.partial")
-    record = json.loads((staging / "metrics.json").read_text())
+    record = read_metrics(staging)
     assert record["status"] == "failed"
     assert "became nan" in record["reason"] or "became inf" in record["reason"]
     assert not out.exists()
@@ -127,7 +127,7 @@ def test_early_stopping_keeps_the_best_adapter(uninterrupted, script):
     result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "2e-2", "--max-steps", "12",
                          "--early-stopping-patience", "1", "--eval-fraction", "0.2", script=script))
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out)
     early = metrics["early_stopping"]
     best = min(early["evaluations"], key=lambda e: e["eval_loss"])
     assert early["best_step"] == best["step"] and early["best_eval_loss"] == pytest.approx(best["eval_loss"])

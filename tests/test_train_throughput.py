@@ -93,7 +93,7 @@ def test_search_stops_on_a_failure_that_is_not_out_of_memory(monkeypatch, tmp_pa
         code, oom = outcomes[seq_len]
         log = tmp_path / f"{seq_len}.log"
         log.write_text("CUDA ran out of memory" if oom else "Traceback: KeyError")
-        (tmp_path / "metrics.json").write_text('{"memory": {"after_training": {"gpu_peak_allocated_gb": 14.8}}}')
+        (tmp_path / "metrics.json").write_text('{"status": "completed", "memory": {"after_training": {"gpu_peak_allocated_gib": 14.8}}}')
         return bench.Trial(code, tmp_path, oom, log, 1.0)
 
     monkeypatch.setattr(bench, "train", fake_train)

@@ -1,0 +1,178 @@
+"""metrics.json as one typed record: the pipeline writes it, `compare`, `inference`, `gguf_command`, the
+benchmark and the tests read it, so a renamed key is renamed for every reader at once.
+
+Version 1 is every record written before the version field existed; it named its GiB figures `*_gb`, which
+still read (into the `*_gib` fields). Keys this class does not know are kept as they are (a newer writer's).
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from llama_lora.errors import UsageError
+from llama_lora.records import write_json
+
+RECORD_VERSION = 2
+METRICS_FILE = "metrics.json"
+
+
+def _gib(name: str) -> Any:
+    """A GiB figure, also read from the `*_gb` key records before version 2 used."""
+    return Field(None, validation_alias=AliasChoices(f"{name}_gib", f"{name}_gb"))
+
+
+class _Part(BaseModel):
+    # extra="allow": a record written by a newer version keeps its unknown keys when read and written again
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Model(_Part):
+    name: str | None = None  # --model as given (an alias, hub id or folder)
+    path: str | None = None  # the folder or hub id it resolved to
+
+
+class Device(_Part):
+    type: str | None = None  # cuda or cpu
+    name: str | None = None
+    memory_gib: float | None = _gib("memory")
+    cuda: str | None = None
+    capability: str | None = None
+    threads: int | None = None
+
+
+class MemorySnapshot(_Part):
+    """Peak memory so far: GPU counters with CUDA, the process's peak resident memory without."""
+
+    gpu_allocated_gib: float | None = _gib("gpu_allocated")
+    gpu_peak_allocated_gib: float | None = _gib("gpu_peak_allocated")
+    gpu_peak_reserved_gib: float | None = _gib("gpu_peak_reserved")
+    cpu_peak_rss_gib: float | None = _gib("cpu_peak_rss")
+
+
+class ProcessMemory(_Part):
+    after_load: MemorySnapshot | None = None
+    after_training: MemorySnapshot | None = None
+
+
+class Memory(ProcessMemory):
+    per_process: list[ProcessMemory] | None = None  # under a launch: each process's, in rank order
+
+
+class Processes(_Part):
+    count: int = 1
+    fsdp: bool = False
+
+
+class Runtime(_Part):
+    load: float | None = None
+    train: float | None = None
+    samples: float | None = None
+    total: float | None = None
+
+
+class Tokens(_Part):
+    non_padding_seen: int | None = None
+    per_second: float | None = None
+
+
+class EvalLoss(_Part):
+    before: float | None = None
+    after: float | None = None
+
+
+class RunRecord(_Part):
+    """Everything metrics.json holds. A running or failed record has only some of it."""
+
+    version: int = 1  # absent in records before version 2; the writer always sets it
+    status: str  # running, failed or completed
+    reason: str | None = None  # failed: why, and what to do
+    last_checkpoint: str | None = None  # failed: where --resume continues from
+    backend: str | None = None
+    model: Model | None = None
+    load_in_4bit: bool | None = None
+    dtype: str | None = None
+    device: Device | None = None
+    libraries: dict[str, str | None] | None = None
+    parameters: dict[str, Any] | None = None
+    processes: Processes | None = None
+    memory: Memory | None = None
+    runtime_s: Runtime | None = None
+    steps: int | None = None
+    resumed_from_step: int | None = None
+    tokens: Tokens | None = None
+    final_train_loss: float | None = None
+    eval_loss: EvalLoss | None = None
+    samples: dict[str, Any] | None = None  # samples.py's figures
+    early_stopping: dict[str, Any] | None = None
+    loss_history: list[dict[str, Any]] | None = None  # train_log.jsonl's entries
+    training_args: dict[str, Any] | None = None  # the trainer's effective values (training.RECORDED_ARGS)
+    config: dict[str, Any] | None = None  # config.to_record
+    data: dict[str, Any] | None = None  # format, hash, labels, and each split's source and counts
+
+    def value(self, path: str) -> Any:
+        """The value at a dotted path (`memory.after_training.cpu_peak_rss_gib`), None where the record has none."""
+        node: Any = self
+        for key in path.split("."):
+            node = getattr(node, key, None) if isinstance(node, BaseModel) else (
+                node.get(key) if isinstance(node, dict) else None)
+        return node
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON-able record: the fields set, in declaration order, under their current names."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def has_path(path: str, model: type[BaseModel] = RunRecord) -> bool:
+    """True when the dotted path names a field of the record (any key below a free-form mapping)."""
+    key, _, rest = path.partition(".")
+    if key not in model.model_fields:
+        return False
+    if not rest:
+        return True
+    hint = model.model_fields[key].annotation
+    kinds = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for kind in kinds:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return has_path(rest, kind)
+        if get_origin(kind) is dict:
+            return True
+    return False
+
+
+def new(status: str, **fields: Any) -> RunRecord:
+    """A record of the current version."""
+    return RunRecord(version=RECORD_VERSION, status=status, **fields)
+
+
+def parse(data: dict[str, Any], where: Path | str = METRICS_FILE) -> RunRecord:
+    """A record from metrics.json's content, or a UsageError naming the file and the field."""
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise UsageError(f"{where}: field {field}: {first['msg']}") from err
+
+
+def read(folder: Path) -> RunRecord | None:
+    """A run folder's record; None when it has no metrics.json. Unreadable content is a UsageError."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: cannot read it: {err}") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return parse(data, path)
+
+
+def write(folder: Path, record: RunRecord) -> None:
+    """metrics.json, replaced whole so a reader never sees half a file."""
+    write_json(Path(folder) / METRICS_FILE, record.dump())
