@@ -20,20 +20,11 @@ from llama_lora.config import TrainConfig
 def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
     """from_pretrained's keyword arguments: NF4 4-bit or 16-bit, on this process's device, or for FSDP-QLoRA none."""
     import torch
-    from transformers import BitsAndBytesConfig
+
+    from llama_lora.quantization import nf4_config
 
     dtype = getattr(torch, cfg.dtype)
-    quantization = None
-    if cfg.load_in_4bit:
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            # FSDP shards only floating-point tensors: pack the 4-bit weights into the compute dtype's storage
-            # (same bytes) so they shard and all-gather like the 16-bit ones. uint8 otherwise (the default).
-            bnb_4bit_quant_storage=dtype if fsdp else torch.uint8,
-        )
+    quantization = nf4_config(dtype, fsdp) if cfg.load_in_4bit else None
     return {
         "dtype": dtype,
         "quantization_config": quantization,

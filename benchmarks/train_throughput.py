@@ -31,7 +31,8 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama_lora import run_record  # noqa: E402 (after the path insert; light: pydantic, no torch)
+from llama_lora import run_record  # after the path insert; light: pydantic, no torch
+from llama_lora.compare import relative_differences
 
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
 
@@ -121,7 +122,7 @@ def mfu(tokens_per_s: float | None, matmul_params: int, peak_flops: float | None
 
 def loss_difference(a: list[float], b: list[float]) -> dict[str, Any]:
     """Mean and max relative difference of two per-step loss lists over their shared steps."""
-    diffs = [abs(y - x) / abs(x) for x, y in zip(a, b) if x]
+    _, diffs = relative_differences(dict(enumerate(a, 1)), dict(enumerate(b, 1)))
     if not diffs:
         return {"steps": 0}
     return {"steps": len(diffs), "mean": round(sum(diffs) / len(diffs), 6), "max": round(max(diffs), 6)}

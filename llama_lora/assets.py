@@ -80,3 +80,13 @@ def convert_smollm2(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_path(model: str) -> str:
+    """--model as a run uses it: the embedded model's folder (converted on first use), an alias's hub id, or the
+    hub id or folder given."""
+    from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES
+
+    if model == EMBEDDED_MODEL:
+        return str(smollm2_dir())
+    return MODEL_ALIASES.get(model, model)

@@ -7,8 +7,6 @@ from the run folders' records, so a comparison can be redone at any time without
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +14,7 @@ from typing import Any, Callable
 from llama_lora import run_record
 from llama_lora.config import CONFIG_FIELDS, computes, flag, recorded_path
 from llama_lora.errors import UsageError
+from llama_lora.records import replaced, write_json, write_text
 from llama_lora.run_record import RunRecord
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps.
@@ -120,12 +119,17 @@ REPORT_ROWS: list[tuple[str, str | Callable[[Run], Any], str, str]] = [
 REPORT_PATHS = [getter for _, getter, _, _ in REPORT_ROWS if isinstance(getter, str)]
 
 
+def relative_differences(a: dict[int, float], b: dict[int, float]) -> tuple[list[int], list[float]]:
+    """|b - a| / |a| at each step both have (steps where a is 0 left out), and those steps."""
+    steps = [s for s in sorted(set(a) & set(b)) if a[s]]
+    return steps, [abs(b[s] - a[s]) / abs(a[s]) for s in steps]
+
+
 def loss_parity(a: Run, b: Run, tolerance: dict[str, float] = PARITY_TOLERANCE) -> dict[str, Any]:
     """Mean and max relative difference of the per-step train losses over the steps both runs logged."""
     losses_a = {h["step"]: h["loss"] for h in a.metrics.loss_history or []}
     losses_b = {h["step"]: h["loss"] for h in b.metrics.loss_history or []}
-    steps = sorted(set(losses_a) & set(losses_b))
-    diffs = [abs(losses_b[s] - losses_a[s]) / abs(losses_a[s]) for s in steps if losses_a[s]]
+    steps, diffs = relative_differences(losses_a, losses_b)
     if not diffs:
         return {"steps": 0, "verdict": "no shared steps", "tolerance": tolerance}
     mean, worst = sum(diffs) / len(diffs), max(diffs)
@@ -277,14 +281,8 @@ def write_report(a: Run, b: Run, record: dict[str, Any], out_dir: Path) -> list[
     """comparison.md, comparison.json and comparison_loss.png, each written whole then renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / "comparison.md", out_dir / "comparison.json", out_dir / "comparison_loss.png"]
-    staged = [path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}") for path in targets]
-    try:
-        staged[0].write_text(to_markdown(record))
-        staged[1].write_text(json.dumps(record, indent=2) + "\n")
-        plot(a, b, record, staged[2])
-        for tmp, path in zip(staged, targets):
-            tmp.replace(path)
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
+    write_text(targets[0], to_markdown(record))
+    write_json(targets[1], record)
+    with replaced(targets[2]) as tmp:
+        plot(a, b, record, tmp)
     return targets

@@ -112,9 +112,15 @@ def _string(record: dict[str, Any], where: str, field: str, optional: bool = Fal
     return value
 
 
+def with_system(messages: list[Message], system: str | None) -> list[Message]:
+    """Prepend a system prompt unless the conversation has one (a row's `system` field, `--system` at inference)."""
+    if system and not any(m["role"] == "system" for m in messages):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
 def _with_system(record: dict[str, Any], where: str, messages: list[Message]) -> list[Message]:
-    system = _string(record, where, "system", optional=True)
-    return ([{"role": "system", "content": system}] if system else []) + messages
+    return with_system(messages, _string(record, where, "system", optional=True))
 
 
 def _messages(record: dict[str, Any], where: str, field: str, role_key: str, content_key: str,

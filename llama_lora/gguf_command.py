@@ -41,15 +41,11 @@ def parse_types(value: str) -> list[str]:
 
 def local_model_folder(model: str | None) -> Path | None:
     """A model name as a run records it (alias, folder or hub id) -> its local folder, if there is one."""
-    from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES
+    from llama_lora.assets import model_path
 
     if not model:
         return None
-    if model == EMBEDDED_MODEL:
-        from llama_lora.assets import smollm2_dir
-
-        return smollm2_dir()
-    model = MODEL_ALIASES.get(model, model)
+    model = model_path(model)
     if (Path(model) / "config.json").is_file():
         return Path(model)
     try:  # a hub model downloaded before sits in the hub cache; only its config and tokenizer are read

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from llama_lora.config import TrainConfig
 from llama_lora.errors import UsageError
+from llama_lora.model_shape import linear_layers, meta_model
 
 
 def check_model(cfg: TrainConfig, path: str) -> None:
@@ -31,9 +31,7 @@ def check_model(cfg: TrainConfig, path: str) -> None:
 
 def linear_module_names(config: Any) -> set[str]:
     """Short names of the model's linear layers, from an empty (meta-device) model: no weights, no memory."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return {name.rsplit(".", 1)[-1] for name in linear_layers(meta_model(config))}
 
 
 def oom_advice(cfg: TrainConfig, peak_gb: float, total_gb: float) -> str:

@@ -17,10 +17,9 @@ import torch
 import yaml
 
 from llama_lora import run_record
-from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES
 from llama_lora.errors import UsageError
+from llama_lora.formats import CHAT_ROLES, Message, with_system  # noqa: F401 (with_system: use_adapter.py's)
 
-Message = dict[str, str]
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -97,12 +96,10 @@ def _recorded_base(config: dict[str, Any], metrics: run_record.RunRecord, adapte
     if path and Path(path).exists():
         return path
     name = config.get("model") or metrics.value("model.name")
-    if name == EMBEDDED_MODEL:
+    if name:
         from llama_lora import assets  # converts the embedded model on first use (a cache moved or wiped)
 
-        return str(assets.smollm2_dir())
-    if name:
-        return MODEL_ALIASES.get(name, name)
+        return assets.model_path(name)
     return path or adapter.get("base_model_name_or_path")
 
 
@@ -112,14 +109,13 @@ def device() -> str:
 
 def load_base(info: RunInfo, load_in_4bit: bool | None = None, dtype: str | None = None) -> Any:
     """The base model as the run trained it (4-bit NF4 for a QLoRA run), in eval mode."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from llama_lora.quantization import nf4_config
 
     four_bit = info.load_in_4bit if load_in_4bit is None else load_in_4bit
     torch_dtype = getattr(torch, dtype or info.dtype)
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch_dtype,
-    ) if four_bit else None  # the same NF4 settings lora_peft_finetuning.py trains with
+    quantization = nf4_config(torch_dtype) if four_bit else None  # the NF4 settings QLoRA trains with
     model = AutoModelForCausalLM.from_pretrained(
         info.base, dtype=torch_dtype, quantization_config=quantization, device_map={"": device()},
         use_safetensors=True,  # never unpickle .bin weights: pickle can run code
@@ -238,16 +234,10 @@ def _jsonl_prompt(line: str, where: str) -> list[Message]:
         return [{"role": "user", "content": value}]
     messages = value.get("messages") if isinstance(value, dict) else None
     if (isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+            isinstance(m, dict) and m.get("role") in CHAT_ROLES
             and isinstance(m.get("content"), str) for m in messages)):
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     raise UsageError(f"{where}: expected a string, {{\"prompt\": string}} or {{\"messages\": [{{\"role\": "
                      "system|user|assistant, \"content\": string}, ...]}")
 
-
-def with_system(messages: list[Message], system: str | None) -> list[Message]:
-    """Prepend a system prompt unless the conversation has one."""
-    if system and not any(m["role"] == "system" for m in messages):
-        return [{"role": "system", "content": system}, *messages]
-    return messages
 

@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 from transformers.quantizers.base import get_keys_to_not_convert
 
 from llama_lora.config import TrainConfig
 from llama_lora.errors import UsageError
+from llama_lora.measure import GIB
+from llama_lora.model_shape import linear_layers, meta_model
 
-GIB = 1024**3
 NF4_BLOCK = 64  # bitsandbytes' 4-bit block: one absmax per 64 weights
 NESTED_BLOCK = 256  # double quantization: the uint8 absmax values are quantized again in blocks of 256
 NF4_CODE_BYTES = 16 * 4  # the 16 NF4 levels, fp32, one copy per quantized layer
@@ -72,16 +73,6 @@ def parse_launch(text: str) -> Launch:
     if kind not in ("", "ddp", "fsdp") or not count.isdigit() or int(count) < 1:
         raise UsageError(f"--plan {text}: expected a process count such as 1, ddp:4 or fsdp:2")
     return Launch(int(count), kind == "fsdp")
-
-
-def meta_model(config: Any) -> torch.nn.Module:
-    """The model with every tensor on the meta device: shapes and names, no memory."""
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def lora_targets(model: torch.nn.Module, target_modules: tuple[str, ...]) -> dict[str, torch.nn.Linear]:

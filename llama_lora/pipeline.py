@@ -23,7 +23,7 @@ from llama_lora import assets, distributed, measure, run_folder, run_record, sam
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
-from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainConfig, save_yaml, to_record
+from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.guards import check_model, oom_advice
@@ -32,13 +32,6 @@ from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effect
 
 EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2
-
-
-def model_path(model: str) -> str:
-    """A hub id or local folder for --model, converting the embedded model on first use."""
-    if model == EMBEDDED_MODEL:
-        return str(assets.smollm2_dir())
-    return MODEL_ALIASES.get(model, model)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
@@ -65,7 +58,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     if options.plan:
         from llama_lora.memory_plan import parse_launch, plan, print_plan
 
-        print_plan(cfg, plan(cfg, model_path(cfg.model), parse_launch(options.plan)))
+        print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan)))
         return 0
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
@@ -73,7 +66,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     if not options.dry_run:
         run_folder.check_destination(output_dir, options)
     set_seed(cfg.seed)
-    path = model_path(cfg.model)
+    path = assets.model_path(cfg.model)
     check_model(cfg, path)
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,22 @@ def pyplot() -> Any:
     return plt
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` (same suffix, so writers that go by it still can) to write to; renamed to
+    `path` when the block ends without an error, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        tmp.write_text(text)
+        yield tmp
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write to a temporary name beside `path`, then rename: a reader never sees half a file."""
+    with replaced(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
