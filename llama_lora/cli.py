@@ -66,15 +66,15 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
     return build(values)
 
 
-def run_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
+def train_with_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train with the shared pipeline, after the backend's import hook."""
     backend.before_heavy_imports()
-    from llama_lora.pipeline import run  # heavy: torch, transformers, trl
+    from llama_lora.pipeline import train_adapter  # heavy: torch, transformers, trl
 
-    return run(cfg, backend, options)
+    return train_adapter(cfg, backend, options)
 
 
-def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click.Command:
+def build_cli(backend: Backend, train: Callable[..., int] = train_with_pipeline) -> click.Command:
     """The click command for one backend; every backend gets the same options and help."""
 
     def main(config_file: Path | None, dry_run: bool, plan: str | None, resume: str | None, overwrite: bool,
@@ -86,7 +86,7 @@ def build_cli(backend: Backend, run: Callable[..., int] = run_pipeline) -> click
             raise click.UsageError(str(err)) from err
         if resume and overwrite:
             raise click.UsageError("--resume continues the interrupted run, --overwrite starts over: pick one")
-        sys.exit(run(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan)))
+        sys.exit(train(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan)))
 
     for name in reversed(list(CONFIG_FIELDS)):
         main = _option(name)(main)

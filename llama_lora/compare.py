@@ -28,7 +28,7 @@ SAME_WITHIN = 0.03  # speed or memory ratios closer to 1 than this name no winne
 
 
 @dataclass(frozen=True)
-class Run:
+class ComparedRun:
     """One run folder's records."""
 
     folder: Path
@@ -44,7 +44,7 @@ class Run:
         return self.metrics.value(path)
 
 
-def load_run(folder: Path) -> Run:
+def load_run(folder: Path) -> ComparedRun:
     """A finished run folder, or a ValueError saying what is missing."""
     try:
         metrics = run_record.read(folder)
@@ -54,7 +54,7 @@ def load_run(folder: Path) -> Run:
         raise ValueError(f"{folder}: no metrics.json; is this a finished run folder?")
     if metrics.status != "completed":
         raise ValueError(f"{folder}: the run did not complete (status {metrics.status!r})")
-    return Run(folder, metrics)
+    return ComparedRun(folder, metrics)
 
 
 # What must be equal besides the options (config.py declares which options change what is computed, and where
@@ -87,20 +87,20 @@ def fairness_settings() -> dict[str, str]:
 FAIRNESS = fairness_settings()
 
 
-def fairness(a: Run, b: Run) -> list[dict[str, Any]]:
+def fairness(a: ComparedRun, b: ComparedRun) -> list[dict[str, Any]]:
     """Every setting on which the two runs differ (an empty list: a fair comparison)."""
     return [{"setting": name, "a": a.get(path), "b": b.get(path)}
             for name, path in FAIRNESS.items() if a.get(path) != b.get(path)]
 
 
-def adapter_mb(run: Run) -> float | None:
+def adapter_mb(run: ComparedRun) -> float | None:
     path = run.folder / "adapter_model.safetensors"
     return round(path.stat().st_size / 1e6, 2) if path.exists() else None
 
 
 # (label, metrics.json path or a getter, unit, which way is better); rows whose values are missing in both runs are
 # skipped (GPU counters on a CPU run, and the reverse).
-REPORT_ROWS: list[tuple[str, str | Callable[[Run], Any], str, str]] = [
+REPORT_ROWS: list[tuple[str, str | Callable[[ComparedRun], Any], str, str]] = [
     ("peak GPU allocated, after load", "memory.after_load.gpu_peak_allocated_gib", "GiB", "lower"),
     ("peak GPU reserved, after load", "memory.after_load.gpu_peak_reserved_gib", "GiB", "lower"),
     ("peak GPU allocated, training", "memory.after_training.gpu_peak_allocated_gib", "GiB", "lower"),
@@ -125,7 +125,7 @@ def relative_differences(a: dict[int, float], b: dict[int, float]) -> tuple[list
     return steps, [abs(b[s] - a[s]) / abs(a[s]) for s in steps]
 
 
-def loss_parity(a: Run, b: Run, tolerance: dict[str, float] = PARITY_TOLERANCE) -> dict[str, Any]:
+def loss_parity(a: ComparedRun, b: ComparedRun, tolerance: dict[str, float] = PARITY_TOLERANCE) -> dict[str, Any]:
     """Mean and max relative difference of the per-step train losses over the steps both runs logged."""
     losses_a = {h["step"]: h["loss"] for h in a.metrics.loss_history or []}
     losses_b = {h["step"]: h["loss"] for h in b.metrics.loss_history or []}
@@ -145,7 +145,7 @@ def loss_parity(a: Run, b: Run, tolerance: dict[str, float] = PARITY_TOLERANCE) 
     }
 
 
-def compare(a: Run, b: Run, force: bool = False) -> dict[str, Any]:
+def compare(a: ComparedRun, b: ComparedRun, force: bool = False) -> dict[str, Any]:
     """The whole comparison record (what comparison.json holds)."""
     mismatches = fairness(a, b)
     rows = []
@@ -168,7 +168,7 @@ def compare(a: Run, b: Run, force: bool = False) -> dict[str, Any]:
     }
 
 
-def _verdict(a: Run, b: Run, rows: list[dict[str, Any]], allowed: bool, forced: bool) -> str:
+def _verdict(a: ComparedRun, b: ComparedRun, rows: list[dict[str, Any]], allowed: bool, forced: bool) -> str:
     """One sentence on speed and memory, or why there is none."""
     if not allowed:
         return "no winner declared: the runs differ in the settings listed (use --force to compare anyway)"
@@ -232,7 +232,7 @@ def to_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(a: Run, b: Run, record: dict[str, Any], path: Path) -> None:
+def plot(a: ComparedRun, b: ComparedRun, record: dict[str, Any], path: Path) -> None:
     """Both train-loss curves with their eval points, and the relative difference per step beneath."""
     from llama_lora.records import pyplot
 
@@ -277,7 +277,7 @@ def plot(a: Run, b: Run, record: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(a: Run, b: Run, record: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_report(a: ComparedRun, b: ComparedRun, record: dict[str, Any], out_dir: Path) -> list[Path]:
     """comparison.md, comparison.json and comparison_loss.png, each written whole then renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / "comparison.md", out_dir / "comparison.json", out_dir / "comparison_loss.png"]

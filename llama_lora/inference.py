@@ -24,7 +24,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True)
-class RunInfo:
+class TrainedRun:
     """What a run folder says about how to rebuild its model."""
 
     folder: Path
@@ -53,7 +53,7 @@ class Answer:
     stopped: bool
 
 
-def read_run(folder: str | Path, base: str | None = None) -> RunInfo:
+def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
     """The run folder's base model, precision and backend; `base` overrides the recorded base model."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -73,7 +73,7 @@ def read_run(folder: str | Path, base: str | None = None) -> RunInfo:
     dtype = config.get("dtype") or metrics.dtype or "bfloat16"
     if dtype == "float16" and not torch.cuda.is_available():
         dtype = "float32"  # fp16 matmuls are not supported well on CPU; the values are the same adapter
-    return RunInfo(folder, base, bool(config.get("load_in_4bit", metrics.load_in_4bit or False)), dtype,
+    return TrainedRun(folder, base, bool(config.get("load_in_4bit", metrics.load_in_4bit or False)), dtype,
                    bool(config.get("trust_remote_code", False)), metrics.backend)
 
 
@@ -107,7 +107,7 @@ def device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def load_base(info: RunInfo, load_in_4bit: bool | None = None, dtype: str | None = None) -> Any:
+def load_base(info: TrainedRun, load_in_4bit: bool | None = None, dtype: str | None = None) -> Any:
     """The base model as the run trained it (4-bit NF4 for a QLoRA run), in eval mode."""
     from transformers import AutoModelForCausalLM
 
@@ -133,7 +133,7 @@ def load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def load_tuned(info: RunInfo, **base_options: Any) -> tuple[Any, Any]:
+def load_tuned(info: TrainedRun, **base_options: Any) -> tuple[Any, Any]:
     """(base model + the run's adapter as a peft.PeftModel, tokenizer)."""
     from peft import PeftModel
 
@@ -141,7 +141,7 @@ def load_tuned(info: RunInfo, **base_options: Any) -> tuple[Any, Any]:
     return model.eval(), load_tokenizer(info.folder)
 
 
-def load_adapters(info: RunInfo, folders: dict[str, Path]) -> Any:
+def load_adapters(info: TrainedRun, folders: dict[str, Path]) -> Any:
     """One base model with several adapters attached by name (the first one active)."""
     from peft import PeftModel
 

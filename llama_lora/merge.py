@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from llama_lora.errors import UsageError
-from llama_lora.inference import RunInfo, device, load_base, load_tuned
+from llama_lora.inference import TrainedRun, device, load_base, load_tuned
 from llama_lora.portability import compare_logits, logits, prompt_batch
 from llama_lora.records import write_json
 from llama_lora.run_folder import replace_folder
@@ -33,7 +33,7 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise UsageError(f"{out} already exists; --overwrite replaces it (only once the new merge is complete)")
 
 
-def merged_model(info: RunInfo, dtype: str) -> Any:
+def merged_model(info: TrainedRun, dtype: str) -> Any:
     """Base (dequantized from NF4 for a QLoRA run) with the adapter merged in, as a plain transformers model."""
     from peft import PeftModel
 
@@ -45,7 +45,7 @@ def merged_model(info: RunInfo, dtype: str) -> Any:
     return PeftModel.from_pretrained(base, info.folder).merge_and_unload(safe_merge=True)
 
 
-def merge(info: RunInfo, out: Path, dtype: str = "bfloat16", overwrite: bool = False) -> dict[str, Any]:
+def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool = False) -> dict[str, Any]:
     """Write the merged model (safetensors, tokenizer, chat template, merge.json) to `out`, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -45,16 +45,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str
     return tokenizer, template
 
 
-def run(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
+def train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train, evaluate and save one adapter (or, for a dry run, only audit the data); returns the exit status."""
     try:
-        return _run(cfg, backend, options)
+        return _train_adapter(cfg, backend, options)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
+def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     if options.plan:
         from llama_lora.memory_plan import parse_launch, plan, print_plan
 
@@ -71,10 +71,10 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
-    main = distributed.is_main()
-    if main:
+    is_main = distributed.is_main()
+    if is_main:
         print_audit(audit)
-    if options.dry_run and not main:
+    if options.dry_run and not is_main:
         return 0
     if options.dry_run:
         example = prepared.train.rows[0]
@@ -88,16 +88,16 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     checkpoint = run_folder.resume_checkpoint(staging, options.resume) if options.resume else None
     if checkpoint:
         run_folder.check_same_config(staging, cfg)
-        if main:
+        if is_main:
             run_folder.clear_failure_claim(staging)
             print(f"Resuming from {checkpoint}")
-    elif main:
-        run_folder.fresh(staging)
+    elif is_main:
+        run_folder.reset_staging(staging)
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
         save_yaml(cfg, staging / "config.yaml")
         write_json(staging / "audit.json", audit)
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
-    if main and not torch.cuda.is_available():
+    if is_main and not torch.cuda.is_available():
         steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
         model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
         print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
@@ -109,11 +109,11 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
     try:
-        metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
+        metrics = _load_train_measure(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
                          prepared.labels)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
         return _fail(cfg, staging, err)
-    if not main:
+    if not is_main:
         return 0
     metrics.data = data_record
     metrics.runtime_s.total = round(time.perf_counter() - started, 2)
@@ -159,9 +159,9 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     return EXIT_TRAINING_FAILED
 
 
-def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_rows: list[dict[str, Any]],
-           eval_rows: list[dict[str, Any]], staging: Path, checkpoint: Path | None,
-           labels: list[str] | None = None) -> run_record.RunRecord:
+def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any,
+                        train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], staging: Path,
+                        checkpoint: Path | None, labels: list[str] | None = None) -> run_record.RunRecord:
     """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, sample, save the adapter."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -171,9 +171,9 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     memory_after_load = measure.memory_snapshot()
 
     resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
-    main = distributed.is_main()
+    is_main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
-    step_log = StepLog(staging / "train_log.jsonl", resume_step, write=main)
+    step_log = StepLog(staging / "train_log.jsonl", resume_step, write=is_main)
     trainer = make_trainer(
         model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
@@ -182,7 +182,7 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     running = run_record.read(staging) if checkpoint else None
     eval_before = running.value("eval_loss.before") if running else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
-    if main:
+    if is_main:
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
                                                  eval_loss={"before": eval_before}))
     tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
@@ -192,10 +192,10 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
     sampled = samples.before_and_after(model, tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens, labels)
-    if sampled and main:
+    if sampled and is_main:
         write_text(staging / "samples.md", sampled[1])
 
-    _save_adapter(trainer, model, staging, main)
+    _save_adapter(trainer, model, staging, is_main)
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
     train_s = result.metrics["train_runtime"]
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
@@ -229,14 +229,14 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     )
 
 
-def _save_adapter(trainer: Any, model: Any, staging: Path, main: bool) -> None:
+def _save_adapter(trainer: Any, model: Any, staging: Path, is_main: bool) -> None:
     """Write the adapter once, from the main process. Under FSDP each process holds only a shard, so all of them
     take part in gathering the full state dict (to the main process's CPU) first."""
     if distributed.fsdp_requested() and distributed.world_size() > 1:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
-        if main:
+        if is_main:
             model.save_pretrained(staging, state_dict=state_dict)
-    elif main:
+    elif is_main:
         model.save_pretrained(staging)
 
 

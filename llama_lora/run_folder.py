@@ -82,7 +82,7 @@ def check_same_config(staging: Path, cfg: TrainConfig) -> None:
         raise UsageError("--resume with other options than the interrupted run: " + "; ".join(changed))
 
 
-def fresh(staging: Path) -> None:
+def reset_staging(staging: Path) -> None:
     """An empty staging folder (an earlier attempt's leftovers are discarded)."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -186,8 +186,9 @@ def make_trainer(
 
 def effective_args(trainer: SFTTrainer) -> dict[str, Any]:
     """The training arguments as the trainer will really use them (a library may have changed some)."""
-    return {name: _plain(getattr(trainer.args, name, None)) for name in RECORDED_ARGS}
+    return {name: _enum_value(getattr(trainer.args, name, None)) for name in RECORDED_ARGS}
 
 
-def _plain(value: Any) -> Any:
+def _enum_value(value: Any) -> Any:
+    """An enum setting (lr_scheduler_type, optim) as its plain value, so metrics.json holds a string."""
     return getattr(value, "value", value)

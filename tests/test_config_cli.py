@@ -28,7 +28,7 @@ def capture_cli(*args: str) -> tuple[int, TrainConfig | None, str]:
         seen.append(cfg)
         return 0
 
-    cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None), run=fake_run)
+    cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None), train=fake_run)
     result = CliRunner().invoke(cli, list(args))
     return result.exit_code, (seen[0] if seen else None), result.output
 
@@ -154,7 +154,7 @@ def test_role_map_may_be_a_yaml_mapping(tmp_path: Path):
 def test_dry_run_reaches_the_runner_as_a_mode_not_a_config_field():
     seen = []
     cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None),
-                    run=lambda cfg, backend, options: seen.append(options) or 0)
+                    train=lambda cfg, backend, options: seen.append(options) or 0)
     assert CliRunner().invoke(cli, ["--dry-run"]).exit_code == 0 and seen[-1].dry_run
     assert CliRunner().invoke(cli, ["--resume"]).exit_code == 0 and seen[-1].resume == "latest"
     assert CliRunner().invoke(cli, ["--resume", "ck/checkpoint-4"]).exit_code == 0 and seen[-1].resume == "ck/checkpoint-4"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from llama_lora import run_record
-from llama_lora.compare import FAIRNESS, Run, fairness
+from llama_lora.compare import FAIRNESS, ComparedRun, fairness
 from llama_lora.config import (
     CONFIG_FIELDS,
     Machine,
@@ -91,8 +91,8 @@ def test_the_declared_types_match_the_defaults_and_resolve_auto_fields():
 def test_every_compute_changing_option_is_compared_by_the_fairness_check(name: str, tmp_path: Path):
     path = recorded_path(name)
     assert path in FAIRNESS.values()
-    a = Run(tmp_path, run_record.parse(RECORDED))
-    b = Run(tmp_path, run_record.parse(with_path(RECORDED, path, other_recorded(a.get(path)))))
+    a = ComparedRun(tmp_path, run_record.parse(RECORDED))
+    b = ComparedRun(tmp_path, run_record.parse(with_path(RECORDED, path, other_recorded(a.get(path)))))
     assert [m["setting"] for m in fairness(a, b)] == [k for k, v in FAIRNESS.items() if v == path]
 
 
