@@ -28,7 +28,7 @@ def main(run: Path, out: Path, dtype: str | None) -> None:
 
     from llama_lora.errors import UsageError
     from llama_lora.inference import load_tokenizer, read_run
-    from llama_lora.portability import logits, prompt_batch
+    from llama_lora.adapter_checks import logits, prompt_batch
 
     try:
         info = read_run(run)

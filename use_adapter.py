@@ -165,11 +165,11 @@ def _adapter_names(runs: tuple[Path, ...]) -> list[str]:
 @BASE
 def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> None:
     """Portability: will the adapter serve in vLLM, does plain PEFT load it, does Unsloth compute the same?"""
-    from llama_lora import inference, portability
+    from llama_lora import adapter_checks, inference
 
     with usage_errors():
         info = inference.read_run(run, base_model)
-    warnings = portability.vllm_warnings(run)
+    warnings = adapter_checks.vllm_warnings(run)
     click.echo("vLLM: " + ("no problem found (LoRA A/B weights only, rank within the default limit)"
                            if not warnings else f"{len(warnings)} problem(s)"))
     for warning in warnings:
@@ -178,20 +178,20 @@ def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> 
         click.echo("  note: a QLoRA adapter serves on the 16-bit base in vLLM; outputs differ slightly from NF4 "
                    "training (use_adapter.py merge shows by how much)")
     model, tokenizer = inference.load_tuned(info, dtype=dtype)
-    prompts = portability.prompt_batch(tokenizer)
-    tuned = portability.logits(model, prompts)
+    prompts = adapter_checks.prompt_batch(tokenizer)
+    tuned = adapter_checks.logits(model, prompts)
     with model.disable_adapter():
-        base = portability.logits(model, prompts)
-    effect = portability.compare_logits(tuned, base)
+        base = adapter_checks.logits(model, prompts)
+    effect = adapter_checks.compare_logits(tuned, base)
     click.echo(f"plain PEFT: loads; the adapter moves the logits by up to {effect['max_abs_diff']:.3g} "
                f"(top token changes at {1 - effect['top1_agreement']:.1%} of positions)")
     if not with_unsloth:
         return
     other = unsloth_logits(run, dtype)
-    same = portability.compare_logits(tuned, other)
-    verdict = "same" if portability.within_tolerance(same) else "DIFFERENT"
+    same = adapter_checks.compare_logits(tuned, other)
+    verdict = "same" if adapter_checks.within_tolerance(same) else "DIFFERENT"
     click.echo(f"Unsloth loader: {verdict}: largest |logit difference| vs plain PEFT {same['max_abs_diff']:.3g} "
-               f"(tolerance {portability.LOGIT_TOLERANCE:g} x {same['max_abs_logit']:.1f}), same top token at "
+               f"(tolerance {adapter_checks.LOGIT_TOLERANCE:g} x {same['max_abs_logit']:.1f}), same top token at "
                f"{same['top1_agreement']:.1%} of positions")
     if verdict != "same":
         sys.exit(1)

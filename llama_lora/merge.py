@@ -18,8 +18,8 @@ import torch
 
 from llama_lora.errors import UsageError
 from llama_lora.inference import TrainedRun, device, load_base, load_tuned
-from llama_lora.portability import compare_logits, logits, prompt_batch
-from llama_lora.records import write_json
+from llama_lora.adapter_checks import compare_logits, logits, prompt_batch
+from llama_lora.atomic_files import write_json
 from llama_lora.run_folder import replace_folder
 
 REPORT = "merge.json"

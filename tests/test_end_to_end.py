@@ -110,18 +110,18 @@ def test_samples_compare_base_and_tuned_answers_on_held_out_prompts(runs, backen
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_adapter_gives_the_same_logits_in_plain_peft_and_in_unsloths_loader(runs, backend, dtype, smollm2_path):
     """Portability: each backend's adapter, loaded by plain PEFT here and by Unsloth's FastLanguageModel in its
-    own process, gives the same logits within llama_lora.portability.LOGIT_TOLERANCE of the logit scale."""
+    own process, gives the same logits within llama_lora.adapter_checks.LOGIT_TOLERANCE of the logit scale."""
     from conftest import load_script
-    from llama_lora import inference, portability
+    from llama_lora import adapter_checks, inference
 
     model, tokenizer = inference.load_tuned(inference.read_run(runs[backend]), dtype=dtype)
-    peft_logits = portability.logits(model, portability.prompt_batch(tokenizer))
+    peft_logits = adapter_checks.logits(model, adapter_checks.prompt_batch(tokenizer))
     unsloth = load_script("use_adapter.py").unsloth_logits(runs[backend], dtype)
-    same = portability.compare_logits(peft_logits, unsloth)
-    assert portability.within_tolerance(same), same
+    same = adapter_checks.compare_logits(peft_logits, unsloth)
+    assert adapter_checks.within_tolerance(same), same
     with model.disable_adapter():  # and the adapter matters far more than the tolerance
-        base = portability.logits(model, portability.prompt_batch(tokenizer))
-    assert not portability.within_tolerance(portability.compare_logits(peft_logits, base))
+        base = adapter_checks.logits(model, adapter_checks.prompt_batch(tokenizer))
+    assert not adapter_checks.within_tolerance(adapter_checks.compare_logits(peft_logits, base))
 
 
 def test_both_backends_train_on_identical_tokens_with_the_same_settings(runs):

@@ -116,7 +116,7 @@ def test_two_adapters_switch_on_one_base_without_reloading_it(two_runs, smollm2_
     from transformers import AutoModelForCausalLM
 
     from llama_lora import inference
-    from llama_lora.portability import logits, prompt_batch
+    from llama_lora.adapter_checks import logits, prompt_batch
 
     info = inference.read_run(two_runs[0])
     model = inference.load_adapters(info, {"a": two_runs[0], "b": two_runs[1]})
@@ -144,7 +144,7 @@ def test_swap_command_answers_with_each_adapter_and_the_base(two_runs):
 
 
 def test_check_warns_about_what_vllm_will_not_load(tmp_path, smollm2_path):
-    from llama_lora.portability import vllm_warnings
+    from llama_lora.adapter_checks import vllm_warnings
 
     plain = make_run(tmp_path / "plain", smollm2_path, seed=0)
     assert vllm_warnings(plain) == []

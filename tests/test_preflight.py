@@ -16,7 +16,7 @@ from llama_lora.backend import Backend
 from llama_lora.cli import build_cli
 from llama_lora.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, resolve
 from llama_lora.errors import UsageError
-from llama_lora.guards import check_model, linear_module_names, oom_advice
+from llama_lora.preflight import check_model, linear_module_names, oom_advice
 
 CPU = Machine(cuda=False)
 
