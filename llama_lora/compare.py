@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llama_lora import run_record
+from llama_lora.atomic_files import replaced, write_json, write_text
 from llama_lora.config import CONFIG_FIELDS, computes, flag, recorded_path
 from llama_lora.errors import UsageError
-from llama_lora.atomic_files import replaced, write_json, write_text
 from llama_lora.run_record import RunRecord
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps.
@@ -234,7 +234,7 @@ def to_markdown(record: dict[str, Any]) -> str:
 
 def plot(a: ComparedRun, b: ComparedRun, record: dict[str, Any], path: Path) -> None:
     """Both train-loss curves with their eval points, and the relative difference per step beneath."""
-    from llama_lora.atomic_files import pyplot
+    from llama_lora.plots import pyplot
 
     plt = pyplot()
 

@@ -15,8 +15,8 @@ import click
 import yaml
 
 from llama_lora import gguf_export, run_record
-from llama_lora.errors import UsageError
 from llama_lora.atomic_files import write_text
+from llama_lora.errors import UsageError
 
 MODELFILE = "Modelfile"
 

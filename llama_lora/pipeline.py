@@ -20,14 +20,15 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from llama_lora import assets, distributed, measure, run_folder, run_record, samples
+from llama_lora.atomic_files import write_json, write_text
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
 from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
+from llama_lora.plots import plot_loss
 from llama_lora.preflight import check_model, oom_advice
-from llama_lora.atomic_files import plot_loss, write_json, write_text
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
 EXIT_TRAINING_FAILED = 1

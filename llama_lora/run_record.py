@@ -14,8 +14,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from llama_lora.errors import UsageError
 from llama_lora.atomic_files import write_json
+from llama_lora.errors import UsageError
 
 RECORD_VERSION = 2
 METRICS_FILE = "metrics.json"

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from llama_lora.assets import model_path, smollm2_dir
+from llama_lora.atomic_files import replaced, write_text
 from llama_lora.compare import relative_differences
 from llama_lora.formats import with_system
 from llama_lora.quantization import nf4_config
-from llama_lora.atomic_files import replaced, write_text
 
 
 def test_model_names_resolve_to_the_embedded_folder_an_alias_s_hub_id_or_themselves():
