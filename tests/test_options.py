@@ -118,17 +118,3 @@ def test_resume_accepts_changes_to_bookkeeping_options_only(tmp_path: Path):
     cfg = resolved()
     save_yaml(cfg, tmp_path / "config.yaml")
     check_same_config(tmp_path, dataclasses.replace(cfg, **{n: other_value(n, getattr(cfg, n)) for n in BOOKKEEPING}))
-
-
-def test_options_recorded_as_trainer_arguments_set_those_arguments(tmp_path: Path):
-    from llama_lora.training import RECORDED_ARGS, build_sft_config
-
-    prefix = "training_args."
-    as_trainer_args = {name: recorded_path(name).removeprefix(prefix) for name in CONFIG_FIELDS
-                       if recorded_path(name).startswith(prefix)}
-    assert len(as_trainer_args) >= 10 and set(as_trainer_args.values()) <= set(RECORDED_ARGS)
-    cfg = resolved()
-    base = build_sft_config(cfg, tmp_path)
-    for name, arg in as_trainer_args.items():
-        changed = build_sft_config(dataclasses.replace(cfg, **{name: other_value(name, getattr(cfg, name))}), tmp_path)
-        assert getattr(changed, arg) != getattr(base, arg), f"--{name} does not set {arg}"
