@@ -8,11 +8,9 @@ Works from files only: no model is loaded, so an 8B export needs about one tenso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-import yaml
 
 from llama_lora import gguf_export, run_record
 from llama_lora.atomic_files import write_text
@@ -56,21 +54,9 @@ def local_model_folder(model: str | None) -> Path | None:
         return None
 
 
-def recorded_model(run: Path) -> str | None:
-    """The --model a run was started with (an alias such as smollm2, a hub id or a folder)."""
-    if (run / "config.yaml").is_file():
-        return (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model")
-    return None
-
-
 def run_base_model(run: Path) -> Path:
-    """The base model a run folder trained on: metrics.json's resolved path, config.yaml's model, the adapter's."""
-    candidates: list[str | None] = []
-    record = run_record.read(run)
-    if record is not None:
-        candidates.append(record.value("model.path"))
-    candidates.append(recorded_model(run))
-    candidates.append(json.loads((run / "adapter_config.json").read_text()).get("base_model_name_or_path"))
+    """The base model a run folder trained on: the first of its recorded candidates that is a local model folder."""
+    candidates = run_record.recorded_model(run).candidates()
     for candidate in candidates:
         folder = local_model_folder(candidate)
         if folder is not None and is_model_folder(folder):
@@ -127,7 +113,8 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
     if adapter is None:
         model_name = name or model_dir.name
     else:  # the base files are named after the model the run recorded (smollm2, Llama-3.1-8B-Instruct)
-        model_name = Path(recorded_model(source) or model_dir.name).name if base is None else model_dir.name
+        recorded = run_record.recorded_model(source).name if base is None else None
+        model_name = Path(recorded or model_dir.name).name
     models = [gguf_export.export_model(model_dir, out_dir, t, model_name, pre_tokenizer, progress=True,
                                        tokenizer_dir=tokenizer_dir) for t in types]
     # Ollama applies adapters to an unquantized base most faithfully, so FROM prefers the f16 file

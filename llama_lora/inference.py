@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 
 from llama_lora import run_record
 from llama_lora.errors import UsageError
@@ -62,45 +61,28 @@ def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
     if not (folder / ADAPTER_CONFIG).exists():
         raise UsageError(f"{folder}: no {ADAPTER_CONFIG}, so no adapter to load; expected a finished run folder "
                          "(the one a training script prints at its end)")
-    config = _read_mapping(folder / "config.yaml", yaml.safe_load)
-    metrics = run_record.read(folder) or run_record.RunRecord(status="unknown")
-    adapter = json.loads((folder / ADAPTER_CONFIG).read_text())
+    recorded = run_record.recorded_model(folder)
     if base is None:
-        base = _recorded_base(config, metrics, adapter)
+        base = _recorded_base(recorded)
         if base is None:
             raise UsageError(f"{folder}: cannot tell the base model (no config.yaml, metrics.json or "
                              "base_model_name_or_path); pass --base-model")
-    dtype = config.get("dtype") or metrics.dtype or "bfloat16"
+    dtype = recorded.dtype or "bfloat16"
     if dtype == "float16" and not torch.cuda.is_available():
         dtype = "float32"  # fp16 matmuls are not supported well on CPU; the values are the same adapter
-    return TrainedRun(folder, base, bool(config.get("load_in_4bit", metrics.load_in_4bit or False)), dtype,
-                   bool(config.get("trust_remote_code", False)), metrics.backend)
+    return TrainedRun(folder, base, recorded.load_in_4bit, dtype, recorded.trust_remote_code, recorded.backend)
 
 
-def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
-    """A YAML/JSON mapping file, or {} when the file is absent."""
-    if not path.exists():
-        return {}
-    try:
-        data = parse(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise UsageError(f"{path}: cannot read it: {err}") from err
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
-
-
-def _recorded_base(config: dict[str, Any], metrics: run_record.RunRecord, adapter: dict[str, Any]) -> str | None:
-    """The base model the run trained on: its recorded path if that still exists, else its name resolved again."""
-    path = metrics.value("model.path")
-    if path and Path(path).exists():
-        return path
-    name = config.get("model") or metrics.value("model.name")
-    if name:
+def _recorded_base(recorded: run_record.RecordedModel) -> str | None:
+    """The base model the run trained on: its recorded path if that still exists, else --model resolved again
+    (a hub id need not exist locally), else the adapter's base."""
+    if recorded.path and Path(recorded.path).exists():
+        return recorded.path
+    if recorded.name:
         from llama_lora import assets  # converts the embedded model on first use (a cache moved or wiped)
 
-        return assets.model_path(name)
-    return path or adapter.get("base_model_name_or_path")
+        return assets.model_path(recorded.name)
+    return next(iter(recorded.candidates()), None)
 
 
 def device() -> str:

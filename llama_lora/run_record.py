@@ -1,5 +1,6 @@
 """metrics.json as one typed record: the pipeline writes it, `compare`, `inference`, `gguf_command`, the
-benchmark and the tests read it, so a renamed key is renamed for every reader at once.
+benchmark and the tests read it, so a renamed key is renamed for every reader at once. Also the one reading
+of which base model, precision and dtype a run folder trained with (`recorded_model`).
 
 Version 1 is every record written before the version field existed; it named its GiB figures `*_gb`, which
 still read (into the `*_gib` fields). Keys this class does not know are kept as they are (a newer writer's).
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import json
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
+import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from llama_lora.atomic_files import write_json
@@ -19,6 +22,7 @@ from llama_lora.errors import UsageError
 
 RECORD_VERSION = 2
 METRICS_FILE = "metrics.json"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _gib(name: str) -> Any:
@@ -176,3 +180,51 @@ def read(folder: Path) -> RunRecord | None:
 def write(folder: Path, record: RunRecord) -> None:
     """metrics.json, replaced whole so a reader never sees half a file."""
     write_json(Path(folder) / METRICS_FILE, record.dump())
+
+
+@dataclass(frozen=True)
+class RecordedModel:
+    """What a run folder says about the model it trained, read one way for every reader: config.yaml first, then
+    metrics.json, then the adapter's own config."""
+
+    path: str | None  # the folder or hub id --model resolved to when it trained
+    name: str | None  # --model as given (an alias, hub id or folder)
+    adapter_base: str | None  # adapter_config.json's base_model_name_or_path
+    load_in_4bit: bool
+    dtype: str | None
+    trust_remote_code: bool
+    backend: str | None
+
+    def candidates(self) -> list[str]:
+        """Where the base model may be, most exact first: the recorded path, --model, the adapter's base."""
+        return [c for c in (self.path, self.name, self.adapter_base) if c]
+
+
+def recorded_model(folder: Path) -> RecordedModel:
+    """The model a run folder trained, from config.yaml, metrics.json and adapter_config.json (any may be absent)."""
+    folder = Path(folder)
+    config = _read_mapping(folder / "config.yaml", yaml.safe_load)
+    record = read(folder) or RunRecord(status="unknown")
+    adapter = _read_mapping(folder / ADAPTER_CONFIG, json.loads)
+    return RecordedModel(
+        path=record.value("model.path"),
+        name=config.get("model") or record.value("model.name"),
+        adapter_base=adapter.get("base_model_name_or_path"),
+        load_in_4bit=bool(config.get("load_in_4bit", record.load_in_4bit or False)),
+        dtype=config.get("dtype") or record.dtype,
+        trust_remote_code=bool(config.get("trust_remote_code", False)),
+        backend=record.backend,
+    )
+
+
+def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
+    """A YAML/JSON mapping file, or {} when the file is absent."""
+    if not path.exists():
+        return {}
+    try:
+        data = parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise UsageError(f"{path}: cannot read it: {err}") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data

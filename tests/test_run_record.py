@@ -84,3 +84,14 @@ def test_a_broken_record_is_a_clear_error_naming_file_and_field(tmp_path: Path):
     with pytest.raises(UsageError, match="expected a JSON object, got list"):
         run_record.read(tmp_path)
     assert run_record.read(tmp_path / "nowhere") is None
+
+
+def test_config_yaml_comes_before_metrics_json_for_every_reader(old_run: Path):
+    (old_run / "config.yaml").write_text("model: llama-3.1-8b\nload_in_4bit: true\ndtype: float32\n")
+    recorded = run_record.recorded_model(old_run)
+    assert (recorded.name, recorded.load_in_4bit, recorded.dtype, recorded.backend) == (
+        "llama-3.1-8b", True, "float32", "peft")
+    assert recorded.candidates() == [json.loads(FIXTURE.read_text())["model"]["path"], "llama-3.1-8b"]
+    info = read_run(old_run)
+    assert (info.load_in_4bit, info.dtype) == (True, "float32")
+    assert info.base == recorded.path  # the path it resolved to still exists: the most exact candidate wins
