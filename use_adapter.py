@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import click
 
+from llama_lora import quiet
 from llama_lora.errors import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -42,6 +43,7 @@ def usage_errors() -> Iterator[None]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
     """Use a trained adapter (a run folder of either backend): generate, merge, swap, check, gguf."""
+    quiet.install()  # before the subcommand imports transformers
 
 
 @cli.command()

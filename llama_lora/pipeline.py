@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, run_folder, samples
+from llama_lora import assets, distributed, measure, quiet, run_folder, samples
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
@@ -43,7 +43,7 @@ def model_path(model: str) -> str:
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
     template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.

@@ -38,6 +38,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         max_length=cfg.max_seq_length,
         packing=False,
         padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
+        # The rows arrive tokenized, within max_length (--overlength) and with supervised tokens (the audit drops
+        # the others): TRL's own truncation and "fully masked" passes would only repeat that, so they are skipped.
+        dataset_kwargs={"skip_prepare_dataset": True},
         # how
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
