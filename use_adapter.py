@@ -132,6 +132,8 @@ def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float,
             break
         if not line:
             continue
+        if not sys.stdin.isatty():
+            click.echo(line)  # piped input is not echoed by a terminal: show it, so the transcript reads as a chat
         if line.startswith("/"):
             reply = command(conversation, line)
             if reply is None:

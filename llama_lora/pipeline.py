@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, quiet, run_folder, samples
+from llama_lora import assets, distributed, measure, quiet, run_folder, samples, tracking
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.chat_template import ensure_chat_template
@@ -27,6 +27,7 @@ from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainCo
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.guards import check_model, oom_advice
+from llama_lora.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
 from llama_lora.records import plot_loss, write_json, write_text
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
@@ -118,6 +119,8 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     try:
         metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
                          prepared.labels)
+    except Interrupted as stop:
+        return _interrupted(staging, stop)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
         return _fail(cfg, staging, err)
     if not main:
@@ -132,6 +135,18 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)
     return 0
+
+
+def _interrupted(staging: Path, stop: Interrupted) -> int:
+    """Record where a signalled run stopped (its checkpoint is that step's), and say how to continue."""
+    checkpoint = staging / run_folder.CHECKPOINTS / f"checkpoint-{stop.step}"
+    if distributed.is_main():
+        running = json.loads((staging / "metrics.json").read_text())
+        run_folder.write_status(staging, {**running, "status": "interrupted", "interrupted_at_step": stop.step,
+                                          "reason": str(stop), "last_checkpoint": str(checkpoint)})
+        print(f"Interrupted: {stop}; checkpoint {checkpoint}\nRun the same command with --resume to continue "
+              f"(exit status {EXIT_INTERRUPTED}).", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
@@ -179,11 +194,15 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
     step_log = StepLog(staging / "train_log.jsonl", resume_step, write=main)
+    stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+    report_to = tracking.set_up(cfg.report_to, staging)
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
+        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log], backend.own_cpu_loss, cfg.early_stopping_patience,
+        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience,
     )
+    if report_to != "none":
+        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
     running = json.loads((staging / "metrics.json").read_text()) if checkpoint else {}
     eval_before = running.get("eval_loss", {}).get("before") if checkpoint else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
@@ -192,6 +211,8 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
                                           "eval_loss": {"before": eval_before}})
     tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.stopped_at is not None:
+        raise Interrupted(stop.stopped_at, stop.received)
     memory_after_training = measure.memory_snapshot()
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a

@@ -29,7 +29,7 @@ RECORDED_ARGS = (
 )
 
 
-def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
+def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | str = "none") -> SFTConfig:
     """The SFTConfig for a run: the same object, field for field, for both backends."""
     early_stopping = cfg.early_stopping_patience > 0
     return SFTConfig(
@@ -75,7 +75,7 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        report_to="none",
+        report_to=report_to,  # what the trackers see; never what is computed
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
