@@ -217,11 +217,14 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
-    sampled = samples.before_and_after(model, tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens, labels)
+    signalled = stop.after_training()  # then the samples wait: save what was trained within the grace period
+    sampled = None if signalled else samples.before_and_after(model, tokenizer, eval_rows, cfg.samples,
+                                                                cfg.sample_max_tokens, labels)
     if sampled and main:
         write_text(staging / "samples.md", sampled[1])
 
     _save_adapter(trainer, model, staging, main)
+    stop.release()
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
     train_s = result.metrics["train_runtime"]
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
@@ -248,6 +251,7 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "final_train_loss": step_log.history[-1]["loss"] if step_log.history else None,
         "eval_loss": {"before": eval_before, "after": eval_after},
         "samples": sampled[0] if sampled else None,
+        **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
         "early_stopping": _early_stopping_record(cfg, trainer, step_log),
         "loss_history": step_log.history,
         "training_args": effective_args(trainer),

@@ -2,7 +2,9 @@
 
 The first signal lets the optimizer step in flight finish, then the trainer writes a checkpoint at that step and
 stops; the pipeline records status "interrupted" with the step and exits with EXIT_INTERRUPTED, and `--resume`
-continues from that checkpoint. A second signal stops the process at once (the default action of the signal).
+continues from that checkpoint. A signal after the last step skips the samples and lets the run finish saving.
+A second signal stops the process at once (the default action of the signal). Before training starts nothing is
+lost, so signals keep their default action until then.
 Under a launch the processes agree, after every step, on whether any of them was signalled, so all of them stop
 after the same step and the checkpoint is consistent.
 """
@@ -60,7 +62,13 @@ class GracefulStop(TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def after_training(self) -> bool:
+        """True when a signal arrived after the last step (on any process of a launch): the pipeline then skips
+        the samples, the one long thing left, saves the adapter and ends."""
+        return agreed(self.received is not None)
+
+    def release(self) -> None:
+        """The signals' earlier handlers back (the run's work is saved)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
