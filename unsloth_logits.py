@@ -21,6 +21,9 @@ import click
               help="Compute dtype (default: the run's).")
 def main(run: Path, out: Path, dtype: str | None) -> None:
     """Logits of RUN's base + adapter as FastLanguageModel loads them, written to OUT (safetensors)."""
+    from llama_lora import quiet
+
+    quiet.install()
     import unsloth  # noqa: F401  (first: it patches transformers and PEFT)
     import torch
     from safetensors.torch import save_file

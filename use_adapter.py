@@ -1,6 +1,7 @@
 """Use a trained adapter: generate, merge, swap adapters on one base, check portability.
 
     python use_adapter.py generate llama-3.1-lora-finetuned/peft -p "Why do we have seasons?"
+    python use_adapter.py chat llama-3.1-lora-finetuned/peft            # multi-turn, in the terminal
     python use_adapter.py merge llama-3.1-lora-finetuned/peft merged/peft
     python use_adapter.py swap llama-3.1-lora-finetuned/peft llama-3.1-lora-finetuned/unsloth -p "Why?"
     python use_adapter.py check llama-3.1-lora-finetuned/unsloth --unsloth
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 
 import click
 
+from llama_lora import quiet
 from llama_lora.errors import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -41,7 +43,26 @@ def usage_errors() -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
-    """Use a trained adapter (a run folder of either backend): generate, merge, swap, check, gguf."""
+    """Use a trained adapter (a run folder of either backend): generate, chat, merge, swap, check, gguf."""
+    quiet.install()  # before the subcommand imports transformers
+
+
+def generation_options(command: Any) -> Any:
+    """The options `generate` and `chat` share: system prompt, decoding, streaming, adapter or not, base model."""
+    for option in reversed([
+        click.option("--system", default=None, help="System prompt (default: the chat template's own)."),
+        click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+                     help="0: greedy; above 0: sample."),
+        click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+                     help="Nucleus sampling (with --temperature > 0)."),
+        click.option("--seed", default=0, show_default=True, help="Sampling seed."),
+        click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come."),
+        click.option("--no-adapter", is_flag=True, help="Answer with the base model alone (adapter disabled)."),
+        BASE,
+    ]):
+        command = option(command)
+    return command
 
 
 @cli.command()
@@ -49,16 +70,7 @@ def cli() -> None:
 @click.option("-p", "--prompt", "prompts", multiple=True, help="A user message (repeat for several).")
 @click.option("--prompts-file", type=click.Path(path_type=Path),
               help=".txt (one prompt a line) or .jsonl (a string, {\"prompt\": ...} or {\"messages\": [...]} a line).")
-@click.option("--system", default=None, help="System prompt (default: the chat template's own).")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="0: greedy; above 0: sample.")
-@click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
-              help="Nucleus sampling (with --temperature > 0).")
-@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
-@click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
-@click.option("--no-adapter", is_flag=True, help="Answer with the base model alone (adapter disabled).")
-@BASE
+@generation_options
 def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, system: str | None,
              max_new_tokens: int, temperature: float, top_p: float, seed: int, stream: bool, no_adapter: bool,
              base_model: str | None) -> None:
@@ -88,6 +100,56 @@ def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, sys
             click.echo(answer.text)
         ending = "ended its turn" if answer.stopped else "cut off at --max-new-tokens"
         click.echo(f"[{answer.tokens} tokens, {ending}]")
+
+
+@cli.command()
+@RUN
+@generation_options
+def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+         stream: bool, no_adapter: bool, base_model: str | None) -> None:
+    """Talk with the run's model, turn after turn, in its chat template (the history is kept).
+
+    Type a message and press Enter; /reset forgets the conversation, /system TEXT sets the system prompt,
+    /exit (or Ctrl-D) ends. Works with piped input too.
+    """
+    from llama_lora import inference
+    from llama_lora.chat import HELP, Conversation, command
+
+    with usage_errors():
+        info = inference.read_run(run, base_model)
+    from transformers import TextStreamer, set_seed
+
+    model, tokenizer = inference.load_tuned(info)
+    sampling = inference.Sampling(max_new_tokens, temperature, top_p)
+    conversation = Conversation(system)
+    set_seed(seed)  # once: a sampled conversation replays the same way with the same seed and inputs
+    click.echo(f"Chatting with {run} ({'base model, adapter disabled' if no_adapter else 'base + adapter'}). {HELP}")
+    while True:
+        try:
+            line = input("\n>>> ").strip()
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C: a normal way to leave
+            click.echo()
+            break
+        if not line:
+            continue
+        if not sys.stdin.isatty():
+            click.echo(line)  # piped input is not echoed by a terminal: show it, so the transcript reads as a chat
+        if line.startswith("/"):
+            reply = command(conversation, line)
+            if reply is None:
+                break
+            click.echo(reply)
+            continue
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+        with inference.active(model, None if no_adapter else "default"):
+            answer = inference.generate(model, tokenizer,
+                                        [inference.chat_ids(tokenizer, conversation.messages(line))],
+                                        sampling, streamer)[0]
+        if not stream:
+            click.echo(answer.text)
+        if not answer.stopped:
+            click.echo(f"[cut off at --max-new-tokens {max_new_tokens}]")
+        conversation.add(line, answer.text)
 
 
 @cli.command()

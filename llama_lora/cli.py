@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
+from llama_lora import quiet
 from llama_lora.backend import Backend
 from llama_lora.config import (
     CONFIG_FIELDS,
@@ -68,6 +69,7 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
 
 def train_with_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train with the shared pipeline, after the backend's import hook."""
+    quiet.install()  # before any heavy import: most of the noise it drops is printed at import time
     backend.before_heavy_imports()
     from llama_lora.pipeline import train_adapter  # heavy: torch, transformers, trl
 

@@ -16,6 +16,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from llama_lora import tracking
+
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OUTPUT_ROOT = Path("llama-3.1-lora-finetuned")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +162,11 @@ class TrainConfig:
         256, "New tokens each sample answer may use (the bundled data's first teacher turns are 115-235 tokens).",
         computes=False
     )
+    report_to: str = _opt(
+        "none", "Experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio (YAML: a list). Offline, "
+        "logging inside the run folder; they get the resolved config and every logged step (llama_lora/tracking.py).",
+        computes=False,
+    )
     trust_remote_code: bool = _opt(
         False, "Run Python code shipped with a hub model. Off by default: it executes someone else's code.",
         computes=False
@@ -225,6 +232,8 @@ def coerce(name: str, value: Any) -> Any:
         return None
     if name == "role_map" and isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
+    if name == "report_to" and isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value) or "none"
     if name == "target_modules":
         items = value.split(",") if isinstance(value, str) else list(value)
         modules = tuple(str(item).strip() for item in items if str(item).strip())
@@ -337,6 +346,9 @@ def validate(cfg: TrainConfig, machine: Machine) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    tracker_problem = tracking.problem(cfg.report_to)  # refused before anything loads, with the pip command
+    if tracker_problem:
+        raise ConfigError(tracker_problem)
     for name, spec in CONFIG_FIELDS.items():
         choices = spec.metadata["choices"]
         if choices and getattr(cfg, name) not in choices:

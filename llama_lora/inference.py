@@ -110,7 +110,9 @@ def load_tokenizer(folder: Path) -> Any:
     """The run's tokenizer (with the chat template it trained with), padding on the left for generation."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    from llama_lora.quiet import quiet_tokenizer
+
+    tokenizer = quiet_tokenizer(AutoTokenizer.from_pretrained(folder))
     tokenizer.padding_side = "left"  # generated tokens must follow each prompt directly
     return tokenizer
 

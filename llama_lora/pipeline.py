@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, run_folder, run_record, samples
+from llama_lora import assets, distributed, measure, quiet, run_folder, run_record, samples, tracking
 from llama_lora.atomic_files import write_json, write_text
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
@@ -28,6 +28,7 @@ from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.plots import plot_loss
+from llama_lora.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
 from llama_lora.preflight import check_model, oom_advice
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
@@ -37,7 +38,7 @@ EXIT_BAD_INPUT = 2
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
     template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.
@@ -112,6 +113,8 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     try:
         metrics = _load_train_measure(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
                          prepared.labels)
+    except Interrupted as stop:
+        return _interrupted(staging, stop)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
         return _fail(cfg, staging, err)
     if not is_main:
@@ -126,6 +129,21 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)
     return 0
+
+
+def _interrupted(staging: Path, stop: Interrupted) -> int:
+    """Record where a signalled run stopped (its checkpoint is that step's), and say how to continue."""
+    checkpoint = staging / run_folder.CHECKPOINTS / f"checkpoint-{stop.step}"
+    if distributed.is_main():
+        update = {"status": "interrupted", "interrupted_at_step": stop.step, "reason": str(stop),
+                  "last_checkpoint": str(checkpoint)}
+        running = run_record.read(staging)
+        record = running.model_copy(update=update) if running else run_record.new(**update)
+        record.model_fields_set.update(update)
+        run_record.write(staging, record)
+        print(f"Interrupted: {stop}; checkpoint {checkpoint}\nRun the same command with --resume to continue "
+              f"(exit status {EXIT_INTERRUPTED}).", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
@@ -175,11 +193,15 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     is_main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
     step_log = StepLog(staging / "train_log.jsonl", resume_step, write=is_main)
+    stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+    report_to = tracking.set_up(cfg.report_to, staging)
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
+        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log], backend.own_cpu_loss, cfg.early_stopping_patience,
+        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience,
     )
+    if report_to != "none":
+        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
     running = run_record.read(staging) if checkpoint else None
     eval_before = running.value("eval_loss.before") if running else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
@@ -188,15 +210,20 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
                                                  eval_loss={"before": eval_before}))
     tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.stopped_at is not None:
+        raise Interrupted(stop.stopped_at, stop.received)
     memory_after_training = measure.memory_snapshot()
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
-    sampled = samples.before_and_after(model, tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens, labels)
+    signalled = stop.after_training()  # then the samples wait: save what was trained within the grace period
+    sampled = None if signalled else samples.before_and_after(model, tokenizer, eval_rows, cfg.samples,
+                                                                cfg.sample_max_tokens, labels)
     if sampled and is_main:
         write_text(staging / "samples.md", sampled[1])
 
     _save_adapter(trainer, model, staging, is_main)
+    stop.release()
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
     train_s = result.metrics["train_runtime"]
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
@@ -223,6 +250,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
         eval_loss={"before": eval_before, "after": eval_after},
         samples=sampled[0] if sampled else None,
+        **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
         early_stopping=_early_stopping_record(cfg, trainer, step_log),
         loss_history=step_log.history,
         training_args=effective_args(trainer),

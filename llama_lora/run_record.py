@@ -93,9 +93,10 @@ class RunRecord(_Part):
     """Everything metrics.json holds. A running or failed record has only some of it."""
 
     version: int = 1  # absent in records before version 2; the writer always sets it
-    status: str  # running, failed or completed
-    reason: str | None = None  # failed: why, and what to do
-    last_checkpoint: str | None = None  # failed: where --resume continues from
+    status: str  # running, failed, interrupted (a signal: exit 75) or completed
+    reason: str | None = None  # failed or interrupted: why, and what to do
+    last_checkpoint: str | None = None  # failed or interrupted: where --resume continues from
+    interrupted_at_step: int | None = None  # interrupted: the step its checkpoint holds
     backend: str | None = None
     model: Model | None = None
     load_in_4bit: bool | None = None
@@ -112,6 +113,7 @@ class RunRecord(_Part):
     final_train_loss: float | None = None
     eval_loss: EvalLoss | None = None
     samples: dict[str, Any] | None = None  # samples.py's figures
+    samples_skipped: str | None = None  # why no samples were written although --samples asked for them
     early_stopping: dict[str, Any] | None = None
     loss_history: list[dict[str, Any]] | None = None  # train_log.jsonl's entries
     training_args: dict[str, Any] | None = None  # the trainer's effective values (training.RECORDED_ARGS)

@@ -33,7 +33,7 @@ RECORDED_ARGS = tuple(dict.fromkeys([
 ]))
 
 
-def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
+def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | str = "none") -> SFTConfig:
     """The SFTConfig for a run: the same object, field for field, for both backends."""
     early_stopping = cfg.early_stopping_patience > 0
     return SFTConfig(
@@ -42,6 +42,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         max_length=cfg.max_seq_length,
         packing=False,
         padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
+        # The rows arrive tokenized, within max_length (--overlength) and with supervised tokens (the audit drops
+        # the others): TRL's own truncation and "fully masked" passes would only repeat that, so they are skipped.
+        dataset_kwargs={"skip_prepare_dataset": True},
         # how
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -76,7 +79,7 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        report_to="none",
+        report_to=report_to,  # what the trackers see; never what is computed
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),

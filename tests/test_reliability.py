@@ -1,5 +1,6 @@
-"""A run survives what real runs meet: a SIGKILL mid-way (resume gives the same result), a NaN loss, an
-existing run folder, early stopping, and a planted hub token that must never reach a file or a log."""
+"""A run survives what real runs meet: a SIGKILL mid-way (resume gives the same result), a SIGTERM (pre-emption:
+checkpoint, stop, resume), a NaN loss, an existing run folder, early stopping, and a planted hub token that must
+never reach a file or a log."""
 
 from __future__ import annotations
 
@@ -44,9 +45,19 @@ def uninterrupted(tmp_path_factory, smollm2_path) -> tuple[Path, subprocess.Comp
     root = tmp_path_factory.mktemp("reliable")
     data = write_jsonl(root / "data.jsonl", [dialogue(f"What is {a} + {a}?", f"1. Double it.\n2. {2 * a}.")
                                              for a in range(40)])
-    result = run(command(data, root / "straight"))
+    # --report-to changes nothing that is computed (the other runs here compare with this one without it)
+    result = run(command(data, root / "straight", "--report-to", "tensorboard"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "straight", result
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
 @pytest.mark.parametrize("script", ["lora_peft_finetuning.py", "lora_unsloth_finetuning.py"])
@@ -83,6 +94,81 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, scrip
     a, b = load_file(straight / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_resume_neither_repeats_nor_loses_a_step(uninterrupted):
+    straight, _ = uninterrupted
+    data = straight.parent / "data.jsonl"
+    out = straight.parent / "terminated"
+    staging = out.with_name(f".{out.name}.partial")
+    # checkpoints every 4 steps: the signal arrives between two of them, so only the graceful stop saves this step
+    args = command(data, out, "--save-steps", "4")
+    with (straight.parent / "terminated.log").open("w+") as log:
+        process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 600
+        while not (staging / "train_log.jsonl").exists() or not (staging / "train_log.jsonl").read_text():
+            assert process.poll() is None, "the run ended before it could be signalled"
+            assert time.time() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=600) == 75  # EXIT_INTERRUPTED, documented in the README
+        log.seek(0)
+        assert "Run the same command with --resume to continue" in log.read()
+    record = json.loads((staging / "metrics.json").read_text())
+    step = record["interrupted_at_step"]
+    assert record["status"] == "interrupted" and 1 <= step < 4
+    assert record["last_checkpoint"] == str(staging / "checkpoints" / f"checkpoint-{step}")
+    assert (staging / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()
+    logged = [json.loads(line)["step"] for line in (staging / "train_log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, step + 1))
+
+    resumed = run([*args, "--resume", "--report-to", "tensorboard"])  # a tracker added on resume is no change
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == step and metrics["steps"] == 6
+    assert [entry["step"] for entry in metrics["loss_history"]] == [1, 2, 3, 4, 5, 6]  # none twice, none lost
+    assert [s for s, _ in scalars(out, "train/loss")] == list(range(step + 1, 7))  # the resumed steps only
+    assert losses(out) == pytest.approx(losses(straight), rel=1e-5)
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_a_second_signal_stops_at_once():
+    # the graceful handler as training installs it, then SIGTERM and a Ctrl-C: the second one takes its default
+    # action (a second SIGTERM goes the same way through the same handler)
+    second = signal.SIGINT
+    script = ("import os, signal, time\n"
+              "from llama_lora.preemption import GracefulStop\n"
+              "stop = GracefulStop()\n"
+              "stop.on_train_begin(None, None, None)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(0.5)\n"
+              "assert stop.received == 'SIGTERM'\n"
+              f"os.kill(os.getpid(), {int(second)})\n"
+              "time.sleep(30)\n"
+              "print('still running')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -second and "still running" not in result.stdout, result.stderr[-2000:]
+    assert "SIGTERM received: finishing the current step" in result.stderr
+
+
+def test_tensorboard_holds_the_train_logs_figures_step_for_step_and_the_resolved_config(uninterrupted):
+    straight, _ = uninterrupted
+    logged = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    for tag, key in (("train/loss", "loss"), ("train/grad_norm", "grad_norm"), ("train/learning_rate", "learning_rate")):
+        steps, values = zip(*scalars(straight, tag))
+        assert list(steps) == [entry["step"] for entry in logged]
+        assert list(values) == pytest.approx([entry[key] for entry in logged], rel=1e-6, abs=1e-12)  # float32 there
+    evals = dict(scalars(straight, "eval/loss"))
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert evals[0] == pytest.approx(metrics["eval_loss"]["before"], rel=1e-6)
+    assert evals[6] == pytest.approx(metrics["eval_loss"]["after"], rel=1e-6)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    config = events.Tensors("config.yaml/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "report_to: tensorboard" in config and "max_steps: 6" in config
 
 
 def test_a_completed_run_is_not_overwritten_without_the_flag(uninterrupted):

@@ -84,6 +84,32 @@ def test_sampling_is_reproducible_with_a_seed(two_runs):
     assert answer == second[second.index(">>> "):] and "[" in answer
 
 
+def test_chat_keeps_the_history_so_the_second_answer_sees_the_first_turn(two_runs, monkeypatch):
+    from llama_lora import inference
+
+    shown: list[str] = []  # every prompt the model was given, as rendered text
+    real_generate = inference.generate
+
+    def spy(model, tokenizer, prompts, *args, **kwargs):
+        shown.append(tokenizer.decode(prompts[0]))
+        return real_generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "generate", spy)
+    typed = "My name is Ada.\nWhat is my name?\n/system Answer in French.\nHello!\n/reset\nBye.\n/exit\nNever read.\n"
+    result = CliRunner().invoke(use_adapter.cli, ["chat", str(two_runs[0]), "--max-new-tokens", "3"], input=typed,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(shown) == 4  # four user turns before /exit; nothing after it
+    first, second, after_system, after_reset = shown
+    # the second prompt is the first one, its answer, and the new turn, in the run's chat template
+    assert "My name is Ada." in second and second.index("My name is Ada.") < second.index("What is my name?")
+    assert second.startswith(first) and second.count("<|im_start|>assistant") == 2
+    # a new system prompt starts a new conversation with it; /reset keeps the system prompt and forgets the turns
+    assert "Answer in French." in after_system and "Ada" not in after_system
+    assert "Answer in French." in after_reset and "Hello!" not in after_reset and "Bye." in after_reset
+    assert "[conversation reset]" in result.output
+
+
 def test_merged_model_matches_base_plus_adapter_within_the_bound(two_runs, tmp_path):
     from transformers import AutoTokenizer
 
