@@ -26,7 +26,7 @@ from llama_lora.chat_template import ensure_chat_template
 from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
-from llama_lora.guards import check_model, oom_advice
+from llama_lora.guards import check_model, check_tokenizer_fits, oom_advice
 from llama_lora.records import plot_loss, write_json, write_text
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
@@ -76,6 +76,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     path = model_path(cfg.model)
     check_model(cfg, path)
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
+    check_tokenizer_fits(cfg, tokenizer, path)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     main = distributed.is_main()
