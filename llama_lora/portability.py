@@ -45,7 +45,7 @@ def vllm_warnings(folder: Path) -> list[str]:
         targeted = [m for m in VOCAB_MODULES if re.search(targets, m)]
     else:
         targeted = [m for m in VOCAB_MODULES if m in targets]
-    names = _tensor_names(folder)
+    names = tensor_names(folder)
     full = full_vocab_matrices(names)
     targeted += [m for m in VOCAB_MODULES
                  if m not in targeted and any(m in key and key not in full for key in names)]
@@ -69,7 +69,7 @@ def full_vocab_matrices(names: list[str]) -> list[str]:
             if name.rsplit(".", 2)[-2] in VOCAB_MODULES and name.endswith(".weight") and "lora_" not in name]
 
 
-def _tensor_names(folder: Path) -> list[str]:
+def tensor_names(folder: Path) -> list[str]:
     """Tensor names in the adapter file, read from its header without loading weights."""
     from safetensors import safe_open
 
