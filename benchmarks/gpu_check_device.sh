@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check on a lent GPU machine (no network), in two calls one right after the other, on the same warm
-# machine: one call carries at most 64 MiB, and the wheels plus the embedded model's GGUF are about 130 MiB.
+# machine: one call carries at most 64 MiB, and the wheels plus the embedded model's GGUF are 120 MiB.
 # Prepare both parts here first: python benchmarks/gpu_wheels.py
 #
 #   call 1, carry [".whl", ".gpucheck/part1"], timeout 180 s:  bash benchmarks/gpu_check_device.sh install

@@ -41,13 +41,19 @@ CARRIED = (
     "unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5", "bitsandbytes==0.50.2",
     "xformers==0.0.35", "peft==0.21.2", "gguf==0.19.0",
     # unsloth / unsloth_zoo / datasets / gguf needs the image lacks
-    "tyro==1.0.17", "msgspec==0.22.0", "cut_cross_entropy==25.1.1", "torchao==0.18.0", "hf_transfer==0.1.9",
-    "structlog==26.1.0", "json5==0.17.3", "nest-asyncio==1.6.0", "diffusers==0.42.1", "pydantic==2.13.4",
+    "tyro==1.0.17", "msgspec==0.22.0", "cut_cross_entropy==25.1.1", "torchao==0.18.0",
+    "structlog==26.1.0", "json5==0.17.3", "nest-asyncio==1.6.0", "pydantic==2.13.4",
     "pydantic_core==2.46.4", "annotated-types==0.7.0", "typing-inspection==0.4.2", "docstring_parser==0.18.0",
     "typeguard==4.6.1", "dill==0.4.1", "multiprocess==0.70.19", "importlib_metadata==10.2.0",
     "lazy-importer==0.1.0",
 )
 # pip matches a manylinux tag exactly: bitsandbytes 0.50.2 is manylinux_2_24 only
+# Declared by unsloth / unsloth_zoo but not needed to train text offline; left behind so that the wheels and the
+# model fit two calls (10 MiB between them).
+LEFT_BEHIND = {
+    "diffusers": "image models only: no module of unsloth or unsloth_zoo outside studio/ imports it",
+    "hf-transfer": "a faster hub downloader; unsloth_zoo looks for it with find_spec, and the machine is offline",
+}
 PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
@@ -81,6 +87,12 @@ ENVIRONMENT = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_p
 
 def normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned(spec: str) -> str:
+    """`name==version` with the name normalized, to compare specs with wheels."""
+    name, version = spec.split("==")
+    return f"{normal(name)}=={version}"
 
 
 def download(spec: str) -> None:
@@ -164,7 +176,9 @@ def unmet(wheels: list[Path]) -> tuple[list[str], list[str]]:
         requirement = Requirement(line)
         key = normal(requirement.name)
         version = carried.get(key, IMAGE.get(key, "absent"))
-        if version == "absent":
+        if key in LEFT_BEHIND:
+            assumed.append(f"{owner} needs {line}: left behind ({LEFT_BEHIND[key]})")
+        elif version == "absent":
             missing.append(f"{owner} needs {line}: neither carried nor on the image")
         elif version is None:
             assumed.append(f"{owner} needs {line}: on the image, version not read")
@@ -204,10 +218,16 @@ def size(folder: Path) -> int:
 def main(verify_only: bool) -> None:
     """Build (or check) .whl/ and .gpucheck/part1, part2 for benchmarks/gpu_check_device.sh."""
     if not verify_only:
-        shutil.rmtree(WHEELS, ignore_errors=True)
-        WHEELS.mkdir()
+        WHEELS.mkdir(exist_ok=True)
+        wanted = {pinned(spec) for spec in CARRIED}
+        for wheel in WHEELS.glob("*.whl"):  # a wheel of another version or package would travel too
+            name, version, _ = requirements(wheel)
+            if pinned(f"{name}=={version}") not in wanted:
+                wheel.unlink()
+        have = {pinned(f"{n}=={v}") for n, v, _ in map(requirements, WHEELS.glob("*.whl"))}
         for spec in CARRIED:
-            download(spec)
+            if pinned(spec) not in have:  # fetched before: the folder is reused
+                download(spec)
         for wheel in sorted(WHEELS.glob("*.whl")):
             for prefix, drop in CUTS:
                 if wheel.name.startswith(prefix):
