@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, load_script
 
 gpu_wheels = load_script("benchmarks/gpu_wheels.py")
@@ -31,13 +30,13 @@ def make_wheel(folder: Path, name: str, files: dict[str, bytes], requires: tuple
 
 
 def test_a_cut_wheel_keeps_a_record_that_matches_its_files(tmp_path):
-    wheel = make_wheel(tmp_path, "bitsandbytes", {"bitsandbytes/libbitsandbytes_cuda130.so": b"keep" * 100,
-                                                  "bitsandbytes/libbitsandbytes_cuda124.so": b"drop" * 1000})
+    libraries = ["cpu", "cuda130", "cuda124", "cuda131", "rocm64", "xpu2025"]
+    wheel = make_wheel(tmp_path, "bitsandbytes", {f"bitsandbytes/libbitsandbytes_{name}.so": name.encode() * 500
+                                                  for name in libraries})
     saved = gpu_wheels.cut(wheel, dict(gpu_wheels.CUTS)["bitsandbytes-"])
     assert saved > 0 and gpu_wheels.verify(wheel) == []
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "bitsandbytes/libbitsandbytes_cuda130.so" in names
-    assert "bitsandbytes/libbitsandbytes_cuda124.so" not in names
+    kept = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+    assert kept == ["bitsandbytes/libbitsandbytes_cpu.so", "bitsandbytes/libbitsandbytes_cuda130.so"]
 
 
 def test_a_file_that_does_not_match_its_record_is_named(tmp_path):
@@ -65,7 +64,8 @@ def test_requirements_are_met_by_carried_wheels_or_the_image_and_others_are_name
 @pytest.mark.slow
 def test_the_check_rehearses_every_step_on_cpu_and_records_pass_or_fail(tmp_path, smollm2_path):
     result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--work", str(tmp_path / "work"),
-                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=1800)
+                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=1800,
+                            check=False)
     records = list((tmp_path / "out").glob("gpu-check-cpu-*.json"))
     assert len(records) == 1, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads(records[0].read_text())
