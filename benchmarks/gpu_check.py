@@ -78,7 +78,7 @@ GPU = Sizes(("--max-steps", "60", "--batch-size", "2", "--grad-accum", "1", "--l
             kill_at=40,
             # CUDA kernels are not bitwise deterministic (atomics in backward, autotuned matmuls): a resumed run
             # differs in rounding. Provisional bound until the first GPU record measures it (1%).
-            resume_tolerance=0.01, expect_style=True, generate_tokens=64, rows=None, timeout_s=300)
+            resume_tolerance=0.01, expect_style=True, generate_tokens=64, rows=None, timeout_s=240)
 CPU = Sizes(("--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--learning-rate", "1e-3",
              "--max-seq-length", "1024", "--save-steps", "1", "--r", "8", "--samples", "1",
              "--sample-max-tokens", "4"),
@@ -437,8 +437,10 @@ def in_parallel(jobs: int, tasks: list[Callable[[], Step]]) -> list[Step]:
         return list(pool.map(lambda task: task(), tasks))
 
 
-def run_check(work: Path, sizes: Sizes, variants: tuple[str, ...], jobs: int) -> list[Step]:
-    """Every step, in phases of independent processes: plans, trainings (and the interrupted ones), the rest."""
+def run_check(work: Path, sizes: Sizes, variants: tuple[str, ...], jobs: int,
+              report: Callable[[list[Step]], None]) -> list[Step]:
+    """Every step, in phases of independent processes: plans, trainings (and the interrupted ones), the rest.
+    `report` gets the steps done so far after each phase, so a loan that ends early still leaves a record."""
     runner = Runner(work, sizes)
     data = ("--dataset", str(small_dataset(work / "data", sizes.rows))) if sizes.rows else ()
     base = ("--model", "smollm2", *data, *sizes.train_flags)
@@ -454,8 +456,10 @@ def run_check(work: Path, sizes: Sizes, variants: tuple[str, ...], jobs: int) ->
     planned = list(runs.values()) if sizes.every_run else [runs["peft", first]]
     plans = [plan_step(runner, planned[0])]  # the first process converts the embedded model once, for the others
     plans += in_parallel(jobs, [partial(plan_step, runner, r) for r in planned[1:]])
+    report(plans)
     trained = in_parallel(jobs, [*(partial(train_step, runner, r) for r in runs.values()),
                                  *(partial(resume_step, runner, r, runs[k]) for k, r in resumed.items())])
+    report([*trained, *plans])
     per_run = [(r, f) for r in runs.values() for f in (merge_step, gguf_step, check_step, generate_step)
                if sizes.every_run or (r.variant == first and (r.backend == "unsloth") == (f is check_step))]
     pairs = {v: [runs[b, v] for b in SCRIPTS] for v in variants}
@@ -504,9 +508,10 @@ def to_markdown(record: dict[str, Any]) -> str:
              f"Command: `{record['command']}`  ", f"Sizes: {record['sizes']}  ",
              f"Environment: Python {env['python']}, "
              + ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
-             + (f", driver {env['driver']}, CUDA {env['cuda']}" if env.get("driver") else ""),
+             + (f", driver {env['driver']}, CUDA {env['cuda']}" if env.get("driver") else "") + "  ",
              f"Wall time: {record['seconds']} s  ", "",
-             f"**{'PASSED' if not failed else 'FAILED'}**: {passed} of {len(record['steps'])} steps passed"
+             ("**UNFINISHED** (stopped before its last phase)" if not record["finished"] else
+              f"**{'PASSED' if not failed else 'FAILED'}**") + f": {passed} of {len(record['steps'])} steps passed"
              + (f"; failed: {', '.join(failed)}" if failed else ""), "",
              "| step | status | seconds | result |", "|---|---|---|---|"]
     for s in record["steps"]:
@@ -542,21 +547,28 @@ def main(cpu: bool, quick: bool, variants: str | None, jobs: int | None, work: P
         raise click.UsageError(f"--variants: unknown {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
     started = time.perf_counter()
     env = environment(cpu)
-    steps = run_check(work.resolve(), sizes, chosen, jobs or (1 if cpu else 6))
-    record = {
-        "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-        "environment": env, "variants": chosen, "sizes": "CPU (tiny)" if cpu else "GPU",
-        "train_flags": list(sizes.train_flags), "seconds": round(time.perf_counter() - started, 1),
-        "passed": all(s.status != "fail" for s in steps), "steps": [vars(s) for s in steps],
-    }
-    stem = out / f"gpu-check-{'cpu' if cpu else env['device'].replace(' ', '-')}-{record['date']}"
+    date = time.strftime("%Y-%m-%d")
+    stem = out / f"gpu-check-{'cpu' if cpu else env['device'].replace(' ', '-')}-{date}"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), record)
-    write_text(stem.with_suffix(".md"), to_markdown(record))
-    click.echo(to_markdown(record))
-    click.echo(f"wrote {stem}.json and .md")
-    sys.exit(0 if record["passed"] else 1)
 
+    def record(steps: list[Step], finished: bool) -> dict[str, Any]:
+        """The JSON record, written (with its page) after every phase: the last one written is the result."""
+        result = {
+            "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]), "date": date,
+            "environment": env, "variants": chosen, "sizes": "CPU (tiny)" if cpu else "GPU",
+            "train_flags": list(sizes.train_flags), "seconds": round(time.perf_counter() - started, 1),
+            "finished": finished, "passed": finished and all(s.status != "fail" for s in steps),
+            "steps": [vars(s) for s in steps],
+        }
+        write_json(stem.with_suffix(".json"), result)
+        write_text(stem.with_suffix(".md"), to_markdown(result))
+        return result
+
+    steps = run_check(work.resolve(), sizes, chosen, jobs or (1 if cpu else 6), lambda done: record(done, False))
+    result = record(steps, True)
+    click.echo(to_markdown(result))
+    click.echo(f"wrote {stem}.json and .md")
+    sys.exit(0 if result["passed"] else 1)
 
 if __name__ == "__main__":
     main()

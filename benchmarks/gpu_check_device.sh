@@ -39,7 +39,9 @@ case "${1:-}" in
         status=0
         python3 benchmarks/gpu_check.py --work "$ROOT/work" --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu-check-output.log" \
             || status=$?
-        tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$ROOT/work" logs compare
+        # every process's log, the comparisons, and each run's record and samples (what the figures come from)
+        (cd "$ROOT/work" && tar -czf "$OUT/gpu-check-logs.tar.gz" logs compare runs/*/metrics.json runs/*/samples.md \
+            runs/*/train_log.jsonl) || echo "warning: some files were missing from the log tarball" >&2
         exit "$status"
         ;;
     *)
