@@ -13,12 +13,14 @@ import hashlib
 import json
 import multiprocessing
 import random
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from tqdm import tqdm
 
+from llama_lora.chat_template import ensure_tool_template
 from llama_lora.config import TrainConfig
 from llama_lora.errors import DataError
 from llama_lora.formats import Example, class_labels, detect_format, parse_role_map, to_examples
@@ -50,6 +52,7 @@ class Prepared:
     train: Split
     eval: Split | None
     labels: list[str] | None  # classification label set
+    template: str | None = None  # where the chat template now comes from, when tool-calling data changed it
 
 
 def load_examples(cfg: TrainConfig) -> tuple[str, dict[str, list[Example]], dict[str, str], list[str] | None]:
@@ -95,6 +98,9 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
     if fmt != "text" and not tokenizer.chat_template:
         raise DataError(f"{cfg.model}: the tokenizer has no chat template and is not a Llama 3 tokenizer, so "
                         f"{fmt} rows cannot be rendered; use a model that ships a template, or --format text")
+    # tool-calling rows need a template that renders tools: the tokenizer's own, else Llama 3.1's
+    template = ensure_tool_template(tokenizer) if any(e.calls_tools for part in examples.values()
+                                                      for e in part) else None
     loss_on = "all" if fmt == "text" else cfg.loss_on
     splits = {}
     for name, split_examples in examples.items():
@@ -107,7 +113,7 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
         reasons = "; ".join(f"{len(w)} {reason}" for reason, w in splits["train"].dropped.items())
         raise DataError(f"{sources['train']}: no training row left ({reasons}). Raise --max-seq-length "
                         "or use --overlength truncate")
-    return Prepared(fmt, splits["train"], splits["eval"], labels)
+    return Prepared(fmt, splits["train"], splits["eval"], labels, template)
 
 
 def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, workers: int = 1) -> list[dict[str, Any]]:
@@ -149,7 +155,7 @@ def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> li
             texts.append(example.text)
             spans.append(None)
         else:
-            text, assistant = assistant_char_spans(tokenizer, example.messages)
+            text, assistant = _rendered_spans(tokenizer, example)
             texts.append(text)
             spans.append(assistant[-1:] if loss_on == "last-assistant" else assistant)
     plain = [i for i, s in enumerate(spans) if s is None]
@@ -167,28 +173,57 @@ def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> li
         for i, encoding in zip(chat, encodings):
             ids[i] = encoding.ids
             labels[i] = list(ids[i]) if loss_on == "all" else label_tokens(ids[i], encoding.offsets, spans[i])
-    return [{"where": e.where, "input_ids": i, "labels": lab} for e, i, lab in zip(examples, ids, labels)]
+    return [{"where": e.where, "input_ids": i, "labels": lab, **({"tools": True} if e.calls_tools else {})}
+            for e, i, lab in zip(examples, ids, labels)]
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def _rendered_spans(tokenizer: Any, example: Example) -> tuple[str, list[tuple[int, int]]]:
+    """assistant_char_spans for one example; a template that refuses the conversation names its row."""
+    try:
+        return assistant_char_spans(tokenizer, example.messages, example.tools)
+    except DataError as err:
+        raise DataError(f"{example.where}: {err}") from err
+    except Exception as err:  # templates are foreign code (jinja2 errors, raise_exception, ...)
+        raise DataError(f"{example.where}: the chat template cannot render this conversation: "
+                        f"{type(err).__name__}: {err}") from err
+
+
+def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]],
+                         tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation and return (text, [start, end) character spans of each assistant turn).
 
     A span runs from the end of the assistant header (the generation prompt) to the end of the turn as the
-    template renders it, so it covers the content and the end-of-turn token, minus trailing whitespace.
+    template renders it, so it covers the content (or tool call) and the end-of-turn token, minus trailing
+    whitespace. Tool results, like user turns, lie outside every span.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    def render(turns: list[dict[str, Any]], prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(turns, tools=tools, tokenize=False, add_generation_prompt=prompt)
+
+    text = render(messages)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = text if i == len(messages) - 1 else tokenizer.apply_chat_template(messages[: i + 1],
-                                                                                    tokenize=False)
+        before = render(messages[:i], prompt=True) if i else _opening_prompt(render, message)
+        through = text if i == len(messages) - 1 else render(messages[: i + 1])
         if not (through.startswith(before) and text.startswith(through)):
             raise DataError("the chat template does not render conversations prefix by prefix; "
                             "cannot locate assistant turns to mask")
         spans.append((len(before), len(through.rstrip())))
     return text, spans
+
+
+OPENING_MARKER = "llama-lora-opening-turn"
+
+
+def _opening_prompt(render: Any, message: dict[str, Any]) -> str:
+    """What a template renders ahead of an assistant turn that opens the conversation (there is no shorter prefix
+    to render: templates refuse empty conversations), found by rendering that turn with a marker for its text."""
+    text = render([{**message, "content": OPENING_MARKER}])
+    if OPENING_MARKER not in text:
+        raise DataError("the chat template does not render an assistant turn that opens the conversation "
+                        "as text; start the conversation with a user turn")
+    return text[: text.index(OPENING_MARKER)]
 
 
 def label_tokens(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:

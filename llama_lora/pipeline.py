@@ -77,6 +77,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     check_model(cfg, path)
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
+    template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     main = distributed.is_main()
     if main:
@@ -84,9 +85,11 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     if options.dry_run and not main:
         return 0
     if options.dry_run:
-        example = prepared.train.rows[0]
-        print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
-        print(render_marked(tokenizer, example))
+        # the first row, and the first tool-calling row too, so a tool call's trained spans can be checked
+        shown = [prepared.train.rows[0], *[row for row in prepared.train.rows if row.get("tools")][:1]]
+        for example in {id(row): row for row in shown}.values():
+            print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
+            print(render_marked(tokenizer, example))
         print("\nDry run: no model weights loaded, nothing written.")
         return 0
     eval_rows = prepared.eval.rows if prepared.eval else []

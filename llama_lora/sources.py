@@ -7,6 +7,7 @@ error can name it. Reading knows nothing of formats; `formats.py` turns rows int
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +77,21 @@ def read_file(path: Path) -> Rows:
     return Rows(records, wheres, str(path))
 
 
+def decode_utf8(path: Path, data: bytes, first_line: int = 1) -> str:
+    """Bytes as UTF-8 text without a leading byte-order mark, or a DataError naming the line that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at byte {err.start}); "
+                        "save the file as UTF-8") from err
+
+
 def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
     records, wheres = [], []
-    with path.open(encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:  # bytes: a line that is not UTF-8 is named, not a traceback
+        for line_no, raw in enumerate(lines, start=1):
+            line = decode_utf8(path, raw, line_no)  # drops a byte-order mark, as spreadsheet and Windows tools write
             if not line.strip():
                 continue
             try:
@@ -92,7 +104,7 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
 
 def _read_json(path: Path) -> tuple[list[Any], list[str]]:
     """A JSON array of rows (or an object holding one under "data"/"rows"); JSON-lines content also works."""
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path, path.read_bytes())
     try:
         data = json.loads(text) if text.strip() else []
     except json.JSONDecodeError as err:
@@ -108,14 +120,13 @@ def _read_json(path: Path) -> tuple[list[Any], list[str]]:
 
 def _read_csv(path: Path) -> tuple[list[Any], list[str]]:
     records, wheres = [], []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for record in reader:
-            if None in record:  # more cells than header columns
-                raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
-                                f"but the header names {len(reader.fieldnames or [])} columns")
-            records.append(record)
-            wheres.append(f"{path}:line {reader.line_num}")
+    reader = csv.DictReader(io.StringIO(decode_utf8(path, path.read_bytes()), newline=""))
+    for record in reader:
+        if None in record:  # more cells than header columns
+            raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
+                            f"but the header names {len(reader.fieldnames or [])} columns")
+        records.append(record)
+        wheres.append(f"{path}:line {reader.line_num}")
     return records, wheres
 
 

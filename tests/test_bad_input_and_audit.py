@@ -27,7 +27,7 @@ BAD_INPUTS = {
     "missing field": ('{"messages": [{"role": "student"}, {"role": "teacher", "content": "x"}]}',
                       "d.jsonl:2: field 'messages[0].content': expected a non-empty string"),
     "wrong type": ('{"messages": [{"role": "student", "content": ["hi"]}, {"role": "teacher", "content": "x"}]}',
-                   "d.jsonl:2: field 'messages[0].content': expected a non-empty string"),
+                   "d.jsonl:2: field 'messages[0].content[0]': expected a text part"),
     "unknown role": ('{"messages": [{"role": "pupil", "content": "hi"}]}',
                      "d.jsonl:2: field 'messages[0].role': unknown role 'pupil', expected one of"),
     "no assistant turn": ('{"messages": [{"role": "student", "content": "hi"}]}', "d.jsonl:2: no assistant turn"),
