@@ -23,7 +23,7 @@ from tqdm import tqdm
 from llama_lora.chat_template import ensure_tool_template
 from llama_lora.config import TrainConfig
 from llama_lora.errors import DataError
-from llama_lora.formats import Example, class_labels, detect_format, parse_role_map, to_examples
+from llama_lora.formats import Example, check_unicode, class_labels, detect_format, parse_role_map, to_examples
 from llama_lora.sources import eval_split, pick_split, read_splits
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
@@ -158,6 +158,9 @@ def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> li
             text, assistant = _rendered_spans(tokenizer, example)
             texts.append(text)
             spans.append(assistant[-1:] if loss_on == "last-assistant" else assistant)
+    for example, text in zip(examples, texts):  # a surrogate inside tool arguments reaches the text unchecked
+        if not text.isascii():
+            check_unicode(text, example.where)
     plain = [i for i, s in enumerate(spans) if s is None]
     chat = [i for i, s in enumerate(spans) if s is not None]
     ids: list[list[int]] = [[] for _ in examples]

@@ -138,7 +138,19 @@ def _string(record: dict[str, Any], where: str, field: str, optional: bool = Fal
     if not isinstance(value, str) or not value.strip():
         got = "missing" if field not in record else f"got {value!r:.40}"
         raise DataError(f"{where}: field '{path or field}': expected a non-empty string ({got})")
+    if not value.isascii():
+        check_unicode(value, f"{where}: field '{path or field}'")
     return value
+
+
+def check_unicode(text: str, place: str) -> None:
+    """Raise a DataError at `place` if the text holds an unpaired surrogate (a lone \\ud800-style JSON escape),
+    which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(f"{place}: not valid Unicode text: unpaired surrogate {text[err.start]!r} at character "
+                        f"{err.start}") from err
 
 
 def _with_system(record: dict[str, Any], where: str, messages: list[Message]) -> list[Message]:

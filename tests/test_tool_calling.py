@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import load_script, write_jsonl
 
 from llama_lora.chat_template import ensure_chat_template, ensure_tool_template, renders_tools
 from llama_lora.config import TrainConfig
@@ -16,8 +17,6 @@ from llama_lora.data import IGNORE_INDEX, prepare, tokenize_examples
 from llama_lora.errors import DataError
 from llama_lora.formats import DEFAULT_ROLE_MAP, to_examples
 from llama_lora.sources import Rows
-
-from conftest import load_script, write_jsonl
 
 X = IGNORE_INDEX
 TOOLS = [{"name": "add"}]
