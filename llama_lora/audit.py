@@ -26,15 +26,15 @@ def build_audit(prepared: Prepared, max_seq_length: int, overlength: str, loss_o
         "max_seq_length": max_seq_length,
         "overlength": overlength,
         "labels": prepared.labels,
-        "hash": data_hash(prepared.train.rows + (prepared.eval.rows if prepared.eval else [])),
+        "hash": prepared.hash or data_hash([*prepared.train.rows, *(prepared.eval.rows if prepared.eval else [])]),
         "splits": {name: split_audit(split) for name, split in splits.items() if split is not None},
+        "cache": prepared.cache,
     }
 
 
 def split_audit(split: Split) -> dict[str, Any]:
     """Counts and length statistics of one split."""
-    tokens = sum(len(row["input_ids"]) for row in split.rows)
-    supervised = sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in split.rows)
+    tokens, supervised, truncated = row_totals(split.rows)
     return {
         "source": split.source,
         "rows_read": split.read,
@@ -46,12 +46,21 @@ def split_audit(split: Split) -> dict[str, Any]:
             "supervised_tokens_beyond_limit": sum(r["lost_supervised"] for r in split.over_length),
             "rows_named": [f"{r['where']} ({r['tokens']} tokens)" for r in split.over_length[:SHOWN_WHERES]],
         },
-        "truncated_rows": sum(row["length"] > len(row["input_ids"]) for row in split.rows),
+        "truncated_rows": truncated,
         "tokens": tokens,
         "supervised_tokens": supervised,
         "supervised_share": round(supervised / tokens, 4) if tokens else 0.0,
         "length_tokens": percentiles(split.lengths),
     }
+
+
+def row_totals(rows: Any) -> tuple[int, int, int]:
+    """(tokens, supervised tokens, truncated rows) of kept rows: from an Arrow table's columns, or row by row."""
+    if hasattr(rows, "total"):
+        return rows.total("input_ids"), rows.total("trained_tokens"), rows.truncated_rows()
+    return (sum(len(row["input_ids"]) for row in rows),
+            sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows),
+            sum(row["length"] > len(row["input_ids"]) for row in rows))
 
 
 def percentiles(values: list[int]) -> dict[str, int]:
@@ -96,6 +105,10 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
             more = f" and {unnamed} more" if unnamed else ""
             console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
+    cache = audit.get("cache") or {}
+    if cache.get("path") not in (None, "off"):
+        console.print(f"tokenized data {'cached in' if cache['built'] else 'read from the cache'} {cache['path']}",
+                      soft_wrap=True)
 
 
 def render_marked(tokenizer: Any, row: dict[str, Any]) -> str:

@@ -86,8 +86,8 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
         return 0
     if options.dry_run:
         # the first row, and the first tool-calling row too, so a tool call's trained spans can be checked
-        shown = [prepared.train.rows[0], *[row for row in prepared.train.rows if row.get("tools")][:1]]
-        for example in {id(row): row for row in shown}.values():
+        shown = [prepared.train.rows[0], prepared.train.rows.first("tools")]
+        for example in {row["where"]: row for row in shown if row}.values():
             print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
             print(render_marked(tokenizer, example))
         print("\nDry run: no model weights loaded, nothing written.")
@@ -115,6 +115,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
         "format": audit["format"],
         "hash": audit["hash"],
         "labels": audit["labels"],
+        "cache": audit["cache"],
         **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
@@ -283,6 +284,8 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s{scope} "
           f"({metrics['runtime_s']['train']:.0f} s training)")
     print(f"  peak memory {peak}")
+    if metrics["data"]["cache"]["path"] != "off":
+        print(f"  data cache  {metrics['data']['cache']['path']}")
     if metrics.get("samples"):
         style, n = metrics["samples"]["style"], metrics["samples"]["prompts"]
         before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))

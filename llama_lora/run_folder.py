@@ -24,7 +24,7 @@ from llama_lora.records import write_json
 CHECKPOINTS = "checkpoints"
 FAILURE_CLAIM = ".failure-recorded"
 # Options that may change between a crash and its resume without changing what is trained.
-RESUMABLE_CHANGES = {"data_workers", "save_steps", "keep_checkpoints", "samples", "sample_max_tokens"}
+RESUMABLE_CHANGES = {"data_workers", "data_cache", "save_steps", "keep_checkpoints", "samples", "sample_max_tokens"}
 
 
 def staging_dir(output_dir: Path) -> Path:

@@ -41,14 +41,20 @@ def resolve_path(dataset: str) -> Path:
 
 def read_splits(dataset: str) -> dict[str, Rows]:
     """Every split a source offers: {"train": Rows} for a file, more for folders and hub datasets."""
+    path = local_source(dataset)
+    if path is None:
+        return _read_hub(dataset)
+    return {"train": read_file(path)} if path.is_file() else _read_folder(path)
+
+
+def local_source(dataset: str) -> Path | None:
+    """The local file or folder `dataset` names, or None for a hub dataset name; a missing local path is an error."""
     path = resolve_path(dataset)
-    if path.is_file():
-        return {"train": read_file(path)}
-    if path.is_dir():
-        return _read_folder(path)
+    if path.is_file() or path.is_dir():
+        return path
     if path.suffix in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
         raise DataError(f"{dataset}: no such file or folder")
-    return _read_hub(dataset)
+    return None
 
 
 def pick_split(splits: dict[str, Rows], name: str, dataset: str) -> Rows:

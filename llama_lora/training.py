@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         max_length=cfg.max_seq_length,
         packing=False,
         padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
+        # rows arrive tokenized, labelled and within max_length (data.prepare): TRL's own preparation would only
+        # copy a memory-mapped table of any size through a truncating map that changes nothing
+        dataset_kwargs={"skip_prepare_dataset": True},
         # how
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -79,8 +83,11 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
     )
 
 
-def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
-    """A pre-tokenized datasets.Dataset; TRL uses its `labels` column as is."""
+def to_dataset(rows: Sequence[dict[str, Any]]) -> Dataset:
+    """A pre-tokenized datasets.Dataset; TRL uses its `labels` column as is. Prepared data is already a memory-mapped
+    Arrow table (data.prepare): the trainer reads that table, no copy."""
+    if hasattr(rows, "dataset"):
+        return rows.dataset.select_columns(["input_ids", "labels"])
     return Dataset.from_dict({
         "input_ids": [row["input_ids"] for row in rows],
         "labels": [row["labels"] for row in rows],
