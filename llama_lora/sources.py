@@ -9,6 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import mmap
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,8 @@ EVAL_SPLIT_NAMES = ("eval", "validation", "valid", "test")
 class Rows:
     """Raw records of one split, each with where it came from."""
 
-    records: list[dict[str, Any]]
-    wheres: list[str]
+    records: Sequence[Any]  # a list, or a JSON-lines file's rows parsed on access
+    wheres: Sequence[str]
     source: str  # a file, "org/name[split]", ...
 
 
@@ -93,19 +96,75 @@ def decode_utf8(path: Path, data: bytes, first_line: int = 1) -> str:
                         "save the file as UTF-8") from err
 
 
-def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
-    records, wheres = [], []
+def _read_jsonl(path: Path) -> tuple[Sequence[Any], Sequence[str]]:
+    """Every line checked now (UTF-8, JSON), but kept as a byte offset: rows are parsed again when used, so a
+    million-row file costs a few bytes a row until its rows are formatted, a chunk at a time."""
+    offsets, line_numbers = array("q"), array("q")
     with path.open("rb") as lines:  # bytes: a line that is not UTF-8 is named, not a traceback
+        position = 0
         for line_no, raw in enumerate(lines, start=1):
-            line = decode_utf8(path, raw, line_no)  # drops a byte-order mark, as spreadsheet and Windows tools write
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
-            wheres.append(f"{path}:{line_no}")
-    return records, wheres
+            if raw.strip():
+                _parse_line(path, raw, line_no)
+                offsets.append(position)
+                line_numbers.append(line_no)
+            position += len(raw)
+    offsets.append(position)
+    return JsonLines(path, offsets, line_numbers), LineWheres(str(path), line_numbers)
+
+
+def _parse_line(path: Path, raw: bytes, line_no: int) -> Any:
+    line = decode_utf8(path, raw, line_no)  # drops a byte-order mark, as spreadsheet and Windows tools write
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
+
+
+class JsonLines(Sequence):
+    """The rows of a JSON-lines file, each parsed from its bytes when asked for."""
+
+    def __init__(self, path: Path, offsets: array, line_numbers: array) -> None:
+        self.path, self.offsets, self.line_numbers = path, offsets, line_numbers
+        self._bytes: mmap.mmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = index + len(self) if index < 0 else index
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self._bytes is None:
+            with self.path.open("rb") as handle:
+                self._bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        raw = self._bytes[self.offsets[index]:self._end(index)]
+        return _parse_line(self.path, raw, self.line_numbers[index])
+
+    def _end(self, index: int) -> int:
+        """Where row `index` ends: the next row's start (blank lines between them are whitespace to JSON)."""
+        return self.offsets[index + 1]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # a sequence compared by value
+
+
+class LineWheres(Sequence):
+    """"file:line" of each row, made when asked for."""
+
+    def __init__(self, path: str, line_numbers: array) -> None:
+        self.path, self.line_numbers = path, line_numbers
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return f"{self.path}:{self.line_numbers[index]}"
 
 
 def _read_json(path: Path) -> tuple[list[Any], list[str]]:
