@@ -44,12 +44,15 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return list(iter_synthetic_rows(n, seed))
 
 
-def iter_synthetic_rows(n: int, seed: int = 0):
-    """synthetic_rows one at a time (a million of them do not fit in memory as Python objects)."""
+def iter_synthetic_rows(n: int, seed: int = 0, fast: bool = False):
+    """synthetic_rows one at a time (a million of them do not fit in memory as Python objects). `fast` draws each
+    message's words in one call: the same distribution, another random stream, several times quicker."""
     rng = random.Random(seed)
 
     def words(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+        count = rng.randint(lo, hi)
+        drawn = rng.choices(WORDS, k=count) if fast else (rng.choice(WORDS) for _ in range(count))
+        return " ".join(drawn).capitalize() + "."
 
     for _ in range(n):
         messages = [{"role": "system", "content": words(5, 15)}] if rng.random() < 1 / 3 else []
@@ -229,7 +232,7 @@ def cache_benchmark(rows: int, max_seq_length: int, out: Path | None) -> None:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         data = Path(tmp) / "synthetic.jsonl"
         with data.open("w") as handle:
-            for row in iter_synthetic_rows(rows):
+            for row in iter_synthetic_rows(rows, fast=True):
                 handle.write(json.dumps(row) + "\n")
         file_mb = data.stat().st_size / 1e6
         cold = run_phase("cold", data, Path(tmp) / "cache", max_seq_length)
