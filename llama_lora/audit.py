@@ -47,6 +47,7 @@ def split_audit(split: Split) -> dict[str, Any]:
             "rows_named": [f"{r['where']} ({r['tokens']} tokens)" for r in split.over_length[:SHOWN_WHERES]],
         },
         "truncated_rows": truncated,
+        "tool_calling_rows": tool_rows(split.rows),
         "tokens": tokens,
         "supervised_tokens": supervised,
         "supervised_share": round(supervised / tokens, 4) if tokens else 0.0,
@@ -61,6 +62,11 @@ def row_totals(rows: Any) -> tuple[int, int, int]:
     return (sum(len(row["input_ids"]) for row in rows),
             sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows),
             sum(row["length"] > len(row["input_ids"]) for row in rows))
+
+
+def tool_rows(rows: Any) -> int:
+    """Kept rows that define or call tools."""
+    return rows.total("tools") if hasattr(rows, "total") else sum(bool(row.get("tools")) for row in rows)
 
 
 def percentiles(values: list[int]) -> dict[str, int]:
@@ -94,6 +100,8 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     row(f"rows over {audit['max_seq_length']} tokens", lambda s: s["over_length"]["rows"])
     row("  their supervised tokens beyond it", lambda s: s["over_length"]["supervised_tokens_beyond_limit"])
     row("rows truncated (kept)", lambda s: s["truncated_rows"])
+    if any(s.get("tool_calling_rows") for s in splits.values()):
+        row("tool-calling rows (kept)", lambda s: s.get("tool_calling_rows", 0))
     row("tokens (kept rows)", lambda s: f"{s['tokens']:,}")
     row("supervised tokens", lambda s: f"{s['supervised_tokens']:,} ({s['supervised_share']:.1%})")
     for key in ("min", *(f"p{p}" for p in PERCENTILES), "max"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -162,4 +163,14 @@ def test_dry_run_shows_a_tool_calling_example_with_its_trained_spans(tmp_path: P
     assert ('[[{"name": "add", "parameters": {"a": 2, "b": 2}}<|eot_id|>]]<|start_header_id|>ipython'
             '<|end_header_id|>\n\n4<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n[[4<|eot_id|>]]'
             in result.stdout)
+    assert re.search(r"│ tool-calling rows \(kept\) +│ +1 │", result.stdout)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_gguf_export_notes_that_its_modelfile_renders_no_tools(tmp_path: Path):
+    from llama_lora.gguf_command import trained_tool_rows
+
+    (tmp_path / "audit.json").write_text(json.dumps({"splits": {"train": {"tool_calling_rows": 3},
+                                                                "eval": {"tool_calling_rows": 1}}}))
+    assert trained_tool_rows(tmp_path) == 4
+    assert trained_tool_rows(tmp_path / "no-run") == 0
