@@ -27,7 +27,7 @@ from llama_lora.sources import read_file
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-CLI_CASES = 8  # each runs the whole command (tokenizer, model config): about 1.5 s
+CLI_CASES = 5  # each runs the whole command (tokenizer, model config): about 1.5 s
 
 # Values a careless export may hold in any field: the right type, the wrong type, empty, nested.
 text = st.text(min_size=0, max_size=12)
