@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import mmap
+import os
+import weakref
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,8 @@ def decode_utf8(path: Path, data: bytes, first_line: int = 1) -> str:
         return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as err:
         line = first_line + data.count(b"\n", 0, err.start)
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at byte {err.start}); "
+        column = err.start - data.rfind(b"\n", 0, err.start)  # 1-based, in bytes
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at column {column}); "
                         "save the file as UTF-8") from err
 
 
@@ -125,7 +127,7 @@ class JsonLines(Sequence):
 
     def __init__(self, path: Path, offsets: array, line_numbers: array) -> None:
         self.path, self.offsets, self.line_numbers = path, offsets, line_numbers
-        self._bytes: mmap.mmap | None = None
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self.line_numbers)
@@ -136,15 +138,12 @@ class JsonLines(Sequence):
         index = index + len(self) if index < 0 else index
         if not 0 <= index < len(self):
             raise IndexError(index)
-        if self._bytes is None:
-            with self.path.open("rb") as handle:
-                self._bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        raw = self._bytes[self.offsets[index]:self._end(index)]
-        return _parse_line(self.path, raw, self.line_numbers[index])
-
-    def _end(self, index: int) -> int:
-        """Where row `index` ends: the next row's start (blank lines between them are whitespace to JSON)."""
-        return self.offsets[index + 1]
+        if self._fd is None:  # read, not memory-map: mapped pages of a big file would count as this process's
+            self._fd = os.open(self.path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
+        # a row ends where the next begins (blank lines between them are whitespace to JSON)
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return _parse_line(self.path, os.pread(self._fd, end - start, start), self.line_numbers[index])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)

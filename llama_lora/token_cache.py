@@ -168,10 +168,6 @@ def cache_key(cfg: Any, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def entry_path(root: Path, key: str) -> Path:
-    return root / key
-
-
 def complete(entry: Path) -> bool:
     """True for an entry whose build finished (the metadata is written last, inside the renamed folder)."""
     return (entry / META).is_file()
