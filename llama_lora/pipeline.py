@@ -90,7 +90,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
         for example in {row["where"]: row for row in shown if row}.values():
             print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
             print(render_marked(tokenizer, example))
-        print("\nDry run: no model weights loaded, nothing written.")
+        print("\nDry run: no model weights loaded, no run folder written.")
         return 0
     eval_rows = prepared.eval.rows if prepared.eval else []
     if cfg.early_stopping_patience and not eval_rows:
