@@ -31,8 +31,8 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama_lora import run_record  # noqa: E402 (after the path insert; light: pydantic, no torch)
-from llama_lora.compare import relative_differences  # noqa: E402
+from llama_lora import run_record  # after the path insert; light: pydantic, no torch
+from llama_lora.compare import relative_differences
 
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
 

@@ -26,15 +26,15 @@ def build_audit(prepared: Prepared, max_seq_length: int, overlength: str, loss_o
         "max_seq_length": max_seq_length,
         "overlength": overlength,
         "labels": prepared.labels,
-        "hash": data_hash(prepared.train.rows + (prepared.eval.rows if prepared.eval else [])),
+        "hash": prepared.hash or data_hash([*prepared.train.rows, *(prepared.eval.rows if prepared.eval else [])]),
         "splits": {name: split_audit(split) for name, split in splits.items() if split is not None},
+        "cache": prepared.cache,
     }
 
 
 def split_audit(split: Split) -> dict[str, Any]:
     """Counts and length statistics of one split."""
-    tokens = sum(len(row["input_ids"]) for row in split.rows)
-    supervised = sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in split.rows)
+    tokens, supervised, truncated = row_totals(split.rows)
     return {
         "source": split.source,
         "rows_read": split.read,
@@ -46,12 +46,27 @@ def split_audit(split: Split) -> dict[str, Any]:
             "supervised_tokens_beyond_limit": sum(r["lost_supervised"] for r in split.over_length),
             "rows_named": [f"{r['where']} ({r['tokens']} tokens)" for r in split.over_length[:SHOWN_WHERES]],
         },
-        "truncated_rows": sum(row["length"] > len(row["input_ids"]) for row in split.rows),
+        "truncated_rows": truncated,
+        "tool_calling_rows": tool_rows(split.rows),
         "tokens": tokens,
         "supervised_tokens": supervised,
         "supervised_share": round(supervised / tokens, 4) if tokens else 0.0,
         "length_tokens": percentiles(split.lengths),
     }
+
+
+def row_totals(rows: Any) -> tuple[int, int, int]:
+    """(tokens, supervised tokens, truncated rows) of kept rows: from an Arrow table's columns, or row by row."""
+    if hasattr(rows, "total"):
+        return rows.total("input_ids"), rows.total("trained_tokens"), rows.truncated_rows()
+    return (sum(len(row["input_ids"]) for row in rows),
+            sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows),
+            sum(row["length"] > len(row["input_ids"]) for row in rows))
+
+
+def tool_rows(rows: Any) -> int:
+    """Kept rows that define or call tools."""
+    return rows.total("tools") if hasattr(rows, "total") else sum(bool(row.get("tools")) for row in rows)
 
 
 def percentiles(values: list[int]) -> dict[str, int]:
@@ -85,6 +100,8 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     row(f"rows over {audit['max_seq_length']} tokens", lambda s: s["over_length"]["rows"])
     row("  their supervised tokens beyond it", lambda s: s["over_length"]["supervised_tokens_beyond_limit"])
     row("rows truncated (kept)", lambda s: s["truncated_rows"])
+    if any(s.get("tool_calling_rows") for s in splits.values()):
+        row("tool-calling rows (kept)", lambda s: s.get("tool_calling_rows", 0))
     row("tokens (kept rows)", lambda s: f"{s['tokens']:,}")
     row("supervised tokens", lambda s: f"{s['supervised_tokens']:,} ({s['supervised_share']:.1%})")
     for key in ("min", *(f"p{p}" for p in PERCENTILES), "max"):
@@ -96,6 +113,10 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
             more = f" and {unnamed} more" if unnamed else ""
             console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
+    cache = audit.get("cache") or {}
+    if cache.get("path") not in (None, "off"):
+        console.print(f"tokenized data {'cached in' if cache['built'] else 'read from the cache'} {cache['path']}",
+                      soft_wrap=True)
 
 
 def render_marked(tokenizer: Any, row: dict[str, Any]) -> str:

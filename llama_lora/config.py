@@ -92,6 +92,11 @@ class TrainConfig:
         1, "Processes that render and tokenize the data. 1 was fastest where measured: the Rust tokenizer "
         "already encodes each batch on every core (benchmarks/results/data_throughput.md).", computes=False
     )
+    data_cache: str = _opt(
+        "auto", "Folder that keeps tokenized data (Arrow) for later runs and every process of a launch; 'off': "
+        "tokenize into a temporary folder each run. auto: $LLAMA_LORA_DATA_CACHE, else ~/.cache/llama-lora/data. "
+        "Clear it with: python -m llama_lora.token_cache clear.", computes=False,
+    )
     r: int = _opt(16, "LoRA rank.")
     lora_alpha: int | None = _opt(None, "LoRA scaling numerator (the update is scaled by alpha/r).", auto="2 x r")
     lora_dropout: float = _opt(

@@ -8,6 +8,7 @@ Works from files only: no model is loaded, so an 8B export needs about one tenso
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -86,6 +87,20 @@ def export_gguf(source: Path, out_dir: Path, types: str, base: Path | None, name
     except UsageError as error:
         raise click.UsageError(str(error)) from None
     report(written)
+    tools = trained_tool_rows(source)
+    if tools:
+        click.echo(f"Note: {source} trained on {tools:,} tool-calling conversations; the Modelfile's TEMPLATE renders "
+                   "no tools (serve tool calls with the run's chat_template.jinja, or add them to the TEMPLATE).",
+                   err=True)
+
+
+def trained_tool_rows(run: Path) -> int:
+    """How many tool-calling training rows a run folder's audit.json counts (0 for a model folder)."""
+    try:
+        audit = json.loads((run / "audit.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(split.get("tool_calling_rows", 0) for split in audit.get("splits", {}).values())
 
 
 def export(source: Path, out_dir: Path, types: list[str], base: Path | None, name: str | None,

@@ -73,6 +73,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     check_tokenizer_fits(cfg, tokenizer, path)
     prepared = prepare(cfg, tokenizer)
+    template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     is_main = distributed.is_main()
     if is_main:
@@ -80,10 +81,12 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     if options.dry_run and not is_main:
         return 0
     if options.dry_run:
-        example = prepared.train.rows[0]
-        print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
-        print(render_marked(tokenizer, example))
-        print("\nDry run: no model weights loaded, nothing written.")
+        # the first row, and the first tool-calling row too, so a tool call's trained spans can be checked
+        shown = [prepared.train.rows[0], prepared.train.rows.first("tools")]
+        for example in {row["where"]: row for row in shown if row}.values():
+            print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
+            print(render_marked(tokenizer, example))
+        print("\nDry run: no model weights loaded, no run folder written.")
         return 0
     eval_rows = prepared.eval.rows if prepared.eval else []
     if cfg.early_stopping_patience and not eval_rows:
@@ -108,6 +111,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
         "format": audit["format"],
         "hash": audit["hash"],
         "labels": audit["labels"],
+        "cache": audit["cache"],
         **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
@@ -305,6 +309,9 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
           f"({metrics.runtime_s.train:.0f} s training)")
     print(f"  peak memory {peak}")
+    cache = (metrics.data or {}).get("cache") or {}
+    if cache.get("path", "off") != "off":
+        print(f"  data cache  {cache['path']}")
     if metrics.samples:
         style, n = metrics.samples["style"], metrics.samples["prompts"]
         before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))

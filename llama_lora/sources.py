@@ -7,7 +7,12 @@ error can name it. Reading knows nothing of formats; `formats.py` turns rows int
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import weakref
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,8 @@ EVAL_SPLIT_NAMES = ("eval", "validation", "valid", "test")
 class Rows:
     """Raw records of one split, each with where it came from."""
 
-    records: list[dict[str, Any]]
-    wheres: list[str]
+    records: Sequence[Any]  # a list, or a JSON-lines file's rows parsed on access
+    wheres: Sequence[str]
     source: str  # a file, "org/name[split]", ...
 
 
@@ -40,14 +45,20 @@ def resolve_path(dataset: str) -> Path:
 
 def read_splits(dataset: str) -> dict[str, Rows]:
     """Every split a source offers: {"train": Rows} for a file, more for folders and hub datasets."""
+    path = local_source(dataset)
+    if path is None:
+        return _read_hub(dataset)
+    return {"train": read_file(path)} if path.is_file() else _read_folder(path)
+
+
+def local_source(dataset: str) -> Path | None:
+    """The local file or folder `dataset` names, or None for a hub dataset name; a missing local path is an error."""
     path = resolve_path(dataset)
-    if path.is_file():
-        return {"train": read_file(path)}
-    if path.is_dir():
-        return _read_folder(path)
+    if path.is_file() or path.is_dir():
+        return path
     if path.suffix in FILE_SUFFIXES or dataset.startswith((".", "/", "~")):
         raise DataError(f"{dataset}: no such file or folder")
-    return _read_hub(dataset)
+    return None
 
 
 def pick_split(splits: dict[str, Rows], name: str, dataset: str) -> Rows:
@@ -76,23 +87,88 @@ def read_file(path: Path) -> Rows:
     return Rows(records, wheres, str(path))
 
 
-def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
-    records, wheres = [], []
-    with path.open(encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
-            wheres.append(f"{path}:{line_no}")
-    return records, wheres
+def decode_utf8(path: Path, data: bytes, first_line: int = 1) -> str:
+    """Bytes as UTF-8 text without a leading byte-order mark, or a DataError naming the line that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        column = err.start - data.rfind(b"\n", 0, err.start)  # 1-based, in bytes
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x} at column {column}); "
+                        "save the file as UTF-8") from err
+
+
+def _read_jsonl(path: Path) -> tuple[Sequence[Any], Sequence[str]]:
+    """Every line checked now (UTF-8, JSON), but kept as a byte offset: rows are parsed again when used, so a
+    million-row file costs a few bytes a row until its rows are formatted, a chunk at a time."""
+    offsets, line_numbers = array("q"), array("q")
+    with path.open("rb") as lines:  # bytes: a line that is not UTF-8 is named, not a traceback
+        position = 0
+        for line_no, raw in enumerate(lines, start=1):
+            if raw.strip():
+                _parse_line(path, raw, line_no)
+                offsets.append(position)
+                line_numbers.append(line_no)
+            position += len(raw)
+    offsets.append(position)
+    return JsonLines(path, offsets, line_numbers), LineWheres(str(path), line_numbers)
+
+
+def _parse_line(path: Path, raw: bytes, line_no: int) -> Any:
+    line = decode_utf8(path, raw, line_no)  # drops a byte-order mark, as spreadsheet and Windows tools write
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
+
+
+class JsonLines(Sequence):
+    """The rows of a JSON-lines file, each parsed from its bytes when asked for."""
+
+    def __init__(self, path: Path, offsets: array, line_numbers: array) -> None:
+        self.path, self.offsets, self.line_numbers = path, offsets, line_numbers
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = index + len(self) if index < 0 else index
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self._fd is None:  # read, not memory-map: mapped pages of a big file would count as this process's
+            self._fd = os.open(self.path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
+        # a row ends where the next begins (blank lines between them are whitespace to JSON)
+        start, end = self.offsets[index], self.offsets[index + 1]
+        return _parse_line(self.path, os.pread(self._fd, end - start, start), self.line_numbers[index])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # a sequence compared by value
+
+
+class LineWheres(Sequence):
+    """"file:line" of each row, made when asked for."""
+
+    def __init__(self, path: str, line_numbers: array) -> None:
+        self.path, self.line_numbers = path, line_numbers
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return f"{self.path}:{self.line_numbers[index]}"
 
 
 def _read_json(path: Path) -> tuple[list[Any], list[str]]:
     """A JSON array of rows (or an object holding one under "data"/"rows"); JSON-lines content also works."""
-    text = path.read_text(encoding="utf-8")
+    text = decode_utf8(path, path.read_bytes())
     try:
         data = json.loads(text) if text.strip() else []
     except json.JSONDecodeError as err:
@@ -108,14 +184,13 @@ def _read_json(path: Path) -> tuple[list[Any], list[str]]:
 
 def _read_csv(path: Path) -> tuple[list[Any], list[str]]:
     records, wheres = [], []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for record in reader:
-            if None in record:  # more cells than header columns
-                raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
-                                f"but the header names {len(reader.fieldnames or [])} columns")
-            records.append(record)
-            wheres.append(f"{path}:line {reader.line_num}")
+    reader = csv.DictReader(io.StringIO(decode_utf8(path, path.read_bytes()), newline=""))
+    for record in reader:
+        if None in record:  # more cells than header columns
+            raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
+                            f"but the header names {len(reader.fieldnames or [])} columns")
+        records.append(record)
+        wheres.append(f"{path}:line {reader.line_num}")
     return records, wheres
 
 

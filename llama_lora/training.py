@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,11 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
     )
 
 
-def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
-    """A pre-tokenized datasets.Dataset; TRL uses its `labels` column as is."""
+def to_dataset(rows: Sequence[dict[str, Any]]) -> Dataset:
+    """A pre-tokenized datasets.Dataset; TRL uses its `labels` column as is. Prepared data is already a memory-mapped
+    Arrow table (data.prepare): the trainer reads that table, no copy."""
+    if hasattr(rows, "dataset"):
+        return rows.dataset.select_columns(["input_ids", "labels"])
     return Dataset.from_dict({
         "input_ids": [row["input_ids"] for row in rows],
         "labels": [row["labels"] for row in rows],

@@ -41,6 +41,17 @@ def dialogue(question: str, answer: str) -> dict:
     return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Tokenized-data cache entries of the tests go to a temporary folder (entry scripts run as subprocesses
+    inherit it), never into the user's own cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("data-cache")
+    os.environ["LLAMA_LORA_DATA_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     from llama_lora.assets import smollm2_dir

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import dialogue, load_script, write_jsonl
 
 from llama_lora.audit import build_audit, percentiles, render_marked
 from llama_lora.config import TrainConfig
 from llama_lora.data import prepare
-
-from conftest import dialogue, load_script, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ BAD_INPUTS = {
     "missing field": ('{"messages": [{"role": "student"}, {"role": "teacher", "content": "x"}]}',
                       "d.jsonl:2: field 'messages[0].content': expected a non-empty string"),
     "wrong type": ('{"messages": [{"role": "student", "content": ["hi"]}, {"role": "teacher", "content": "x"}]}',
-                   "d.jsonl:2: field 'messages[0].content': expected a non-empty string"),
+                   "d.jsonl:2: field 'messages[0].content[0]': expected a text part"),
     "unknown role": ('{"messages": [{"role": "pupil", "content": "hi"}]}',
                      "d.jsonl:2: field 'messages[0].role': unknown role 'pupil', expected one of"),
     "no assistant turn": ('{"messages": [{"role": "student", "content": "hi"}]}', "d.jsonl:2: no assistant turn"),

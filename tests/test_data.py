@@ -59,7 +59,7 @@ def test_overlength_truncate_keeps_the_row_cut_to_the_limit(tmp_path: Path, smol
                        smollm2_tokenizer)
     long_row = prepared.train.rows[1]
     assert len(long_row["input_ids"]) == len(long_row["labels"]) == 64 < long_row["length"]
-    assert long_row["lost_supervised"] > 0 and prepared.train.dropped == {}
+    assert prepared.train.over_length[0]["lost_supervised"] > 0 and prepared.train.dropped == {}
 
 
 def test_overlength_error_names_the_row_and_its_length(tmp_path: Path, smollm2_tokenizer):

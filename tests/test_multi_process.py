@@ -47,7 +47,7 @@ def data(tmp_path_factory, smollm2_path) -> Path:
 def launched(data) -> tuple[Path, subprocess.CompletedProcess]:
     out = data.parent / "two-processes"
     result = run([*LAUNCH, "lora_peft_finetuning.py", "--dataset", str(data), "--output-dir", str(out),
-                  *FLAGS, "--grad-accum", "1"])
+                  *FLAGS, "--grad-accum", "1", "--data-cache", str(data.parent / "cache")])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
 
@@ -70,6 +70,14 @@ def test_only_the_main_process_writes_the_run_folder_once(launched):
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
     assert result.stdout.count("Saved adapter and run record") == 1
     assert result.stdout.count("Data audit:") == 1
+
+
+def test_the_data_is_tokenized_once_and_memory_mapped_by_the_other_process(launched):
+    out, result = launched
+    entry = json.loads((out / "metrics.json").read_text())["data"]["cache"]["path"]
+    assert result.stdout.count("tokenized data built into") == 1
+    assert f"[process 0 of 2] tokenized data built into {entry}" in result.stdout
+    assert f"[process 1 of 2] tokenized data memory-mapped from {entry}" in result.stdout
 
 
 def test_metrics_hold_global_tokens_and_each_process_memory(launched, single):
