@@ -84,6 +84,18 @@ def test_sampling_is_reproducible_with_a_seed(two_runs):
     assert answer == second[second.index(">>> "):] and "[" in answer
 
 
+def test_temperature_reaches_the_sampler(two_runs):
+    """Near zero, sampling picks the greedy tokens; very high, it leaves them. Were --temperature ignored (sampling
+    at the default 1.0), the near-zero answer would not be the greedy one."""
+    def answer(temperature: str) -> str:
+        output = invoke("generate", two_runs[0], "-p", "Tell me a story.", "--max-new-tokens", "8", "--no-stream",
+                        "--seed", "3", "--temperature", temperature).output
+        return output[output.index(">>> "):]
+
+    greedy = answer("0")
+    assert answer("0.001") == greedy and answer("100") != greedy
+
+
 def test_merged_model_matches_base_plus_adapter_within_the_bound(two_runs, tmp_path):
     from transformers import AutoTokenizer
 
