@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import load_script
 
 use_adapter = load_script("use_adapter.py")
