@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import load_script
+from conftest import another_value, load_script
 
 from llama_lora.compare import FAIRNESS, PARITY_TOLERANCE, compare, fairness, load_run, loss_parity, write_report
 
@@ -82,17 +82,6 @@ def test_qlora_gets_a_looser_tolerance_than_16_bit_lora():
     assert PARITY_TOLERANCE["16-bit"]["mean"] > 0.0018 and PARITY_TOLERANCE["16-bit"]["max"] > 0.0055
 
 
-def changed(value):
-    """Another value of the same kind: what a backend that set this differently would record."""
-    if isinstance(value, bool):
-        return not value
-    if isinstance(value, (int, float)):
-        return value * 2 + 1
-    if isinstance(value, list):
-        return [*value, "other"]
-    return f"{value}-other"
-
-
 def at(metrics: dict, path: str):
     for key in path.split("."):
         metrics = metrics[key]  # a KeyError names a compared key the record lacks
@@ -111,8 +100,8 @@ def test_each_compared_setting_that_differs_is_flagged(tmp_path: Path, setting):
     value = at(a_metrics, path)
     a = load_run(run_folder(tmp_path, "peft", a_metrics))
     b = load_run(run_folder(tmp_path, "unsloth", record("unsloth", [2.0], 100.0, 5.0,
-                                                        **{path.replace(".", "__"): changed(value)})))
-    assert fairness(a, b) == [{"setting": setting, "a": value, "b": changed(value)}]
+                                                        **{path.replace(".", "__"): another_value(value)})))
+    assert fairness(a, b) == [{"setting": setting, "a": value, "b": another_value(value)}]
     assert compare(a, b)["fair"] is False
 
 

@@ -9,23 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import another_value
 
 from llama_lora import run_folder
 from llama_lora.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
 from llama_lora.errors import UsageError
 
 CONFIG = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))
-
-
-def other(value):
-    """Another value of the same kind, as a user might pass on the resumed command line."""
-    if isinstance(value, bool) or value is None:
-        return not value
-    if isinstance(value, (int, float)):
-        return value * 2 + 1
-    if isinstance(value, (list, tuple)):
-        return (*value, "other")
-    return f"{value}-other"
 
 
 def interrupted(tmp_path: Path, steps: list[int]) -> Path:
@@ -45,7 +35,7 @@ def interrupted(tmp_path: Path, steps: list[int]) -> Path:
 def test_resume_refuses_every_option_that_changes_what_is_trained(tmp_path, option):
     staging = interrupted(tmp_path, [2])
     before = getattr(CONFIG, option)
-    changed = dataclasses.replace(CONFIG, **{option: other(before)})
+    changed = dataclasses.replace(CONFIG, **{option: another_value(before)})
     if option in run_folder.RESUMABLE_CHANGES:  # how the run is kept or reported, not what it trains
         run_folder.check_same_config(staging, changed)
     else:
@@ -61,7 +51,7 @@ TRAINING_OPTIONS = ["model", "dataset", "max_seq_length", "r", "lora_alpha", "ta
 
 @pytest.mark.parametrize("option", TRAINING_OPTIONS)
 def test_resume_refuses_a_changed_training_option(tmp_path, option):
-    changed = dataclasses.replace(CONFIG, **{option: other(getattr(CONFIG, option))})
+    changed = dataclasses.replace(CONFIG, **{option: another_value(getattr(CONFIG, option))})
     with pytest.raises(UsageError, match=f": {option}: "):
         run_folder.check_same_config(interrupted(tmp_path, [2]), changed)
 
