@@ -191,11 +191,9 @@ def test_qlora_trains_lora_layers_on_a_4bit_base(runs, backend, tmp_path):
     m = json.loads((tmp_path / "qlora" / "metrics.json").read_text())
     sixteen = json.loads((runs[backend] / "metrics.json").read_text())
     assert m["load_in_4bit"] is True and m["steps"] == 1 and math.isfinite(m["loss_history"][0]["loss"])
-    # Step 1 sees the same batch as the 16-bit run with the adapter still a no-op (B = 0), so only the base
-    # weights can make its loss differ: a 16-bit base would repeat the loss to float noise (CPU runs are
-    # deterministic; resumed runs match to 1e-5), NF4 weights move it by far more.
-    step1 = m["loss_history"][0]["loss"], sixteen["loss_history"][0]["loss"]
-    assert abs(step1[0] - step1[1]) / step1[1] > 1e-3, step1
+    # counted on the model that trained, not echoed from the flag: all 7 projections of each of the 30 decoder
+    # layers are bitsandbytes 4-bit layers (the 16-bit run has none)
+    assert m["parameters"]["linear_4bit_layers"] == 30 * 7 and sixteen["parameters"]["linear_4bit_layers"] == 0
     # and every LoRA layer on the 4-bit base trained: B starts at zero and moved in each one
     adapter = load_file(tmp_path / "qlora" / "adapter_model.safetensors")
     lora_b = [name for name in adapter if "lora_B" in name]
