@@ -21,8 +21,8 @@ from typing import Any
 #                H100 bf16, 10 steps, config B (benchmarks/results/NVIDIA-H100-...): mean 0.002%, max 0.005%
 #   QLoRA (NF4)  CPU, 4 steps, config A (benchmarks/results/cpu-2026-11-23.md):      mean 1.25%, max 1.82%
 #                H100, 10 steps, config A (NVIDIA-H100-...):                         mean 0.66%, max 1.45%
-# The worst 16-bit spread comes from Adam: B starts at zero, so A's first gradients are tiny and bf16 noise in them
-# still becomes full-size (sign-like) updates. QLoRA spreads more because each library dequantizes NF4 its own way,
+# The worst 16-bit spread is the first loss after a real update (warm-up keeps step 1 at lr 0): Adam's first
+# updates are about lr for every weight whatever its gradient's size, so bf16 rounding noise moves weights fully. QLoRA spreads more because each library dequantizes NF4 its own way,
 # so even step 1 differs. Each tolerance is about 2.5x the worst spread measured for its precision: room for drift
 # over runs longer than those measured, and still far below what a real difference does. The negative controls in
 # tests/test_end_to_end.py, on the same 3-step runs, move the 16-bit losses at step 3 by 17% (twice the learning
