@@ -76,10 +76,10 @@ def test_losses_beyond_the_tolerance_of_their_precision_are_reported_as_diverged
 
 
 def test_qlora_gets_a_looser_tolerance_than_16_bit_lora():
-    # the worst spreads measured (compare.py): QLoRA mean 1.25% / max 1.82%, 16-bit mean 0.18% / max 0.55%
+    # the worst spreads measured (compare.py): QLoRA mean 1.25% / max 1.82%, 16-bit mean 0.19% / max 0.56%
     assert PARITY_TOLERANCE["16-bit"]["max"] < 0.0182 < PARITY_TOLERANCE["4-bit"]["max"]
     assert PARITY_TOLERANCE["4-bit"]["mean"] > 0.0125
-    assert PARITY_TOLERANCE["16-bit"]["mean"] > 0.0018 and PARITY_TOLERANCE["16-bit"]["max"] > 0.0055
+    assert PARITY_TOLERANCE["16-bit"]["mean"] > 0.00185 and PARITY_TOLERANCE["16-bit"]["max"] > 0.00555
 
 
 def at(metrics: dict, path: str):
