@@ -36,7 +36,9 @@ def device_info() -> dict[str, Any]:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.readlines()
+        for line in lines:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -58,9 +60,13 @@ def memory_snapshot() -> dict[str, float]:
 
 
 def parameter_counts(model: Any) -> dict[str, Any]:
-    """Trainable and total parameters, counting 4-bit packed weights at their real element count."""
+    """Trainable and total parameters, counting 4-bit packed weights at their real element count, and how many
+    linear layers hold 4-bit weights (what the model really trained on, whatever a backend did with the flag)."""
     trainable, total = model.get_nb_trainable_parameters()
-    return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4)}
+    linear_4bit = sum(type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")
+                      for m in model.modules())
+    return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4),
+            "linear_4bit_layers": linear_4bit}
 
 
 def gpu_peak_and_total_gb() -> tuple[float, float]:

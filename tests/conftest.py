@@ -32,6 +32,17 @@ def read_metrics(folder: Path) -> dict:
     return record.dump()
 
 
+def another_value(value):
+    """Another value of the same kind: what a run that set this option differently would record."""
+    if isinstance(value, bool) or value is None:
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, (list, tuple)):
+        return [*value, "other"]
+    return f"{value}-other"
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -24,34 +24,37 @@ EXPECTED_FILES = {
     "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json", "samples.md",
 }
 STEPS = 3
+FLAGS = ["--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "2", "--learning-rate", "1e-3", "--r", "8",
+         "--samples", "2", "--sample-max-tokens", "24"]
+TRAIN_ROWS = 12  # = STEPS x batch 2 x accumulation 2: the runs see every training row exactly once
 
 
 def train(backend: str, dataset: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, SCRIPTS[backend], "--dataset", str(dataset), "--output-dir", str(output_dir),
-               "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "2", "--learning-rate", "1e-3",
-               "--r", "8", "--samples", "2", "--sample-max-tokens", "24", *extra]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+               *FLAGS, *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, smollm2_path) -> dict[str, Path]:
-    """Train both backends on the same tiny dataset; return their run folders."""
+    """Train both backends on the same tiny dataset with compare_backends.py --run, as a user compares them;
+    return their run folders (the comparison files sit beside them)."""
     root = tmp_path_factory.mktemp("runs")
     from conftest import dialogue, write_jsonl
 
     dataset = root / "data"
     dataset.mkdir()
     rows = [dialogue(f"What is {a} times 3?", f"Add three copies.\n1. {a} + {a} = {2 * a}.\n2. {2 * a} + {a} = "
-                     f"{3 * a}.\nQuick check: What is {a + 1} times 3?") for a in range(2, 22)]
+                     f"{3 * a}.\nQuick check: What is {a + 1} times 3?") for a in range(2, 6 + TRAIN_ROWS)]
     write_jsonl(dataset / "train.jsonl", rows[4:])
     write_jsonl(dataset / "eval.jsonl", rows[:4])
-    folders = {}
-    for backend in SCRIPTS:
-        result = train(backend, dataset, root / backend)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        folders[backend] = root / backend
-    return folders
+    result = subprocess.run([sys.executable, "compare_backends.py", "--run", "--out", str(root),
+                             "--dataset", str(dataset), *FLAGS], cwd=REPO, capture_output=True, text=True,
+                            timeout=1800, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Fairness check: passed" in result.stdout and "Loss parity: consistent" in result.stdout
+    return {backend: root / backend for backend in SCRIPTS}
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)
@@ -76,10 +79,40 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
     assert m["tokens"]["per_second"] > 0 and m["runtime_s"]["train"] > 0
     assert m["eval_loss"]["after"] < m["eval_loss"]["before"]
     assert m["training_args"]["max_length"] == 2048 and m["training_args"]["padding_free"] is False
-    assert len(m["data"]["hash"]) == 64 and m["data"]["train"]["rows"] == 16
+    assert len(m["data"]["hash"]) == 64 and m["data"]["train"]["rows"] == TRAIN_ROWS
     audit = json.loads((runs[backend] / "audit.json").read_text())
     assert audit["hash"] == m["data"]["hash"] and audit["format"] == "messages"
     assert audit["splits"]["eval"]["rows_kept"] == 4
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_tokens_per_second_counts_only_non_padding_tokens(runs, backend):
+    m = json.loads((runs[backend] / "metrics.json").read_text())
+    audit = json.loads((runs[backend] / "audit.json").read_text())
+    # the rows differ in length, so batches of 2 carry padding; over exactly one epoch the trainer's count must be
+    # the training rows' own tokens, which a count that included padding would exceed
+    assert audit["splits"]["train"]["length_tokens"]["min"] < audit["splits"]["train"]["length_tokens"]["max"]
+    assert m["tokens"]["non_padding_seen"] == m["data"]["train"]["tokens"]
+    assert m["tokens"]["per_second"] == pytest.approx(m["tokens"]["non_padding_seen"] / m["runtime_s"]["train"],
+                                                      abs=0.1)
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_every_setting_the_fairness_check_compares_is_in_a_real_record(runs, backend):
+    from llama_lora.compare import FAIRNESS
+
+    m = json.loads((runs[backend] / "metrics.json").read_text())
+
+    def missing(path: str) -> bool:
+        value = m
+        for key in path.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return True
+            value = value[key]
+        return False
+
+    # a renamed key would compare None with None and pass silently
+    assert [name for name, path in FAIRNESS.items() if missing(path)] == []
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)
@@ -149,12 +182,26 @@ def test_adapter_loads_in_plain_peft_and_changes_the_logits(runs, backend, smoll
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)
-def test_qlora_4bit_trains_on_cpu_through_bitsandbytes(backend, tmp_path, tiny_dataset):
-    result = train(backend, tiny_dataset, tmp_path / "qlora", "--load-in-4bit", "--max-steps", "1")
+def test_qlora_trains_lora_layers_on_a_4bit_base(runs, backend, tmp_path):
+    from safetensors.torch import load_file
+
+    # no warm-up: with it, the only step runs at learning rate 0 and nothing trains
+    result = train(backend, runs[backend].parent / "data", tmp_path / "qlora", "--load-in-4bit", "--max-steps", "1",
+                   "--warmup-ratio", "0", "--samples", "0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     m = read_metrics(tmp_path / "qlora")
-    assert m["load_in_4bit"] is True and m["steps"] == 1
-    assert math.isfinite(m["loss_history"][0]["loss"])
+    sixteen = read_metrics(runs[backend])
+    assert m["load_in_4bit"] is True and m["steps"] == 1 and math.isfinite(m["loss_history"][0]["loss"])
+    # counted on the model that trained, not echoed from the flag: all 7 projections of each of the 30 decoder
+    # layers are bitsandbytes 4-bit layers (the 16-bit run has none)
+    assert m["parameters"]["linear_4bit_layers"] == 30 * 7 and sixteen["parameters"]["linear_4bit_layers"] == 0
+    # and LoRA layers on the 4-bit base trained: B starts at zero and moved. Not yet in every one: in this 1-step
+    # PEFT QLoRA run on CPU (bf16, 2026-11-27) only the o_proj and down_proj B matrices moved and q/k/v/gate/up
+    # stayed exactly zero, while Unsloth's moved all 210 (as both backends' 16-bit runs do); that is an open
+    # finding, not the behaviour this test pins.
+    adapter = load_file(tmp_path / "qlora" / "adapter_model.safetensors")
+    lora_b = [name for name in adapter if "lora_B" in name]
+    assert len(lora_b) == 30 * 7 and any(adapter[name].abs().max() > 0 for name in lora_b)
 
 
 def test_bad_dataset_exits_2_naming_the_line_and_writes_nothing(tmp_path, smollm2_path):
@@ -176,12 +223,38 @@ def test_both_backends_losses_agree_within_the_parity_tolerance(runs):
     assert result["loss_parity"]["verdict"] == "consistent", result["loss_parity"]
 
 
+@pytest.fixture(scope="module")
+def controls(runs) -> dict[str, Path]:
+    """PEFT runs of the same length with one training setting wrong: what a backend with a bug would record."""
+    folders = {}
+    for setting, flags in {"--learning-rate": ("--learning-rate", "2e-3"), "--lora-alpha": ("--lora-alpha", "8")}.items():
+        folders[setting] = runs["peft"].parent / f"peft-{flags[0][2:]}"
+        result = train("peft", runs["peft"].parent / "data", folders[setting], *flags, "--samples", "0")
+        assert result.returncode == 0, result.stderr[-3000:]
+    return folders
+
+
+@pytest.mark.parametrize("setting", ["--learning-rate", "--lora-alpha"])
+def test_another_learning_rate_or_lora_alpha_is_flagged_diverged_by_loss_parity(runs, controls, setting):
+    """Negative control: twice the learning rate, or half the LoRA scale (alpha 8 for r=8 instead of 16), changes
+    the losses of a 3-step run beyond the 16-bit parity tolerance, so a backend with such a bug cannot pass."""
+    from llama_lora.compare import fairness, load_run, loss_parity
+
+    control, unsloth = load_run(controls[setting]), load_run(runs["unsloth"])
+    assert [m["setting"] for m in fairness(control, unsloth)] == [setting]
+    parity = loss_parity(control, unsloth)
+    assert parity["precision"] == "16-bit" and parity["verdict"] == "diverged", parity
+    assert parity["per_step"][0]["relative_difference"] < parity["tolerance"]["max"]  # step 1: adapter still B = 0
+
+
 def test_a_run_with_another_max_length_is_flagged_as_unfair(runs, tmp_path):
     short = tmp_path / "peft-short"
-    result = train("peft", runs["peft"].parent / "data", short, "--max-seq-length", "512")  # the fixture's data
+    # the fixture's data; samples are not what this test is about
+    result = train("peft", runs["peft"].parent / "data", short, "--max-seq-length", "512", "--samples", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     compared = subprocess.run([sys.executable, "compare_backends.py", str(runs["unsloth"]), str(short),
-                               "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True)
+                               "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True,
+                              check=False)
     assert compared.returncode == 3, compared.stdout + compared.stderr
     report = json.loads((tmp_path / "report" / "comparison.json").read_text())
     assert {"setting": "--max-seq-length", "a": 2048, "b": 512} in report["mismatches"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -293,3 +294,93 @@ def test_command_refuses_what_it_cannot_export(smollm2_2layers, tmp_path, case, 
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- the Ollama chat template ----------------------------------------------------------------------------------
+# Ollama cannot run here, so the test executes the Modelfile's TEMPLATE itself: a Go text/template reduced to what
+# our templates use (range .Messages, if eq/ne .Role "x", .Role, .Content, end, and "{{-"/"-}}" trimming), and the
+# prompt it gives must be what the tokenizer's own chat template renders, which is what the model was trained on.
+
+GO_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
+
+
+def parse_go_template(template: str) -> list:
+    """Text pieces and (action, argument, children) nodes; "{{-" trims whitespace before, "-}}" after."""
+    root: list = []
+    stack = [root]
+    position, trim_next = 0, False
+    for match in GO_ACTION.finditer(template):
+        text = template[position:match.start()]
+        text = text.lstrip() if trim_next else text
+        stack[-1].append(text.rstrip() if match.group(1) else text)
+        action, position, trim_next = match.group(2), match.end(), bool(match.group(3))
+        if action == "end":
+            stack.pop()
+        elif action.startswith(("range ", "if ")):
+            node = (*action.split(" ", 1), [])
+            stack[-1].append(node)
+            stack.append(node[2])
+        else:
+            stack[-1].append(("field", action, []))
+    stack[-1].append(template[position:].lstrip() if trim_next else template[position:])
+    assert stack == [root], "unbalanced {{ end }}"
+    return root
+
+
+def execute_go_template(nodes: list, dot: dict) -> str:
+    out = ""
+    for node in nodes:
+        if isinstance(node, str):
+            out += node
+        elif node[0] == "range":
+            out += "".join(execute_go_template(node[2], item) for item in dot[node[1].lstrip(".")])
+        elif node[0] == "if":
+            op, field, value = node[1].split(" ", 2)
+            if (dot[field.lstrip(".")] == json.loads(value)) == (op == "eq"):
+                out += execute_go_template(node[2], dot)
+        else:
+            out += dot[node[1].lstrip(".")]
+    return out
+
+
+def ollama_prompt(modelfile: str, messages: list[dict]) -> str:
+    template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.DOTALL | re.MULTILINE).group(1)
+    go_messages = [{"Role": m["role"], "Content": m["content"]} for m in messages]
+    return execute_go_template(parse_go_template(template), {"Messages": go_messages})
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Why does ice float?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why does ice float?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why does ice float?"},
+     {"role": "assistant", "content": "It is less dense than water."}, {"role": "user", "content": "Why?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def llama31_tokenizer(llama3_tokenizer):
+    """The Llama 3 tokenizer with the project's Llama 3.1 template (a copy: the session's stays template-less)."""
+    from llama_lora.chat_template import ensure_chat_template
+
+    tokenizer = llama3_tokenizer.__class__.from_pretrained(llama3_tokenizer.name_or_path)
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["user", "system", "multi-turn"])
+def test_llama31_modelfile_template_renders_the_prompt_the_model_was_trained_on(llama31_tokenizer, messages):
+    tokenizer = llama31_tokenizer
+    fmt = gguf_export.chat_format(tokenizer)
+    modelfile = gguf_export.modelfile_text("m.gguf", "a.gguf", fmt, gguf_export.default_system_prompt(tokenizer))
+    assert fmt.name == "llama3.1" and 'PARAMETER stop "<|eot_id|>"' in modelfile and "SYSTEM" not in modelfile
+    trained = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # llama.cpp adds <|begin_of_text|> itself (the GGUF says add_bos_token), so the template leaves it out
+    assert ollama_prompt(modelfile, messages) == trained.removeprefix("<|begin_of_text|>")
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS[1:], ids=["system", "multi-turn"])
+def test_chatml_modelfile_template_renders_the_prompt_the_model_was_trained_on(smollm2_tokenizer, messages):
+    fmt = gguf_export.chat_format(smollm2_tokenizer)
+    modelfile = gguf_export.modelfile_text("m.gguf", None, fmt, None)
+    trained = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert fmt.name == "chatml" and ollama_prompt(modelfile, messages) == trained

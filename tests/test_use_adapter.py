@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import load_script
 
 use_adapter = load_script("use_adapter.py")
@@ -108,6 +107,18 @@ def test_chat_keeps_the_history_so_the_second_answer_sees_the_first_turn(two_run
     assert "Answer in French." in after_system and "Ada" not in after_system
     assert "Answer in French." in after_reset and "Hello!" not in after_reset and "Bye." in after_reset
     assert "[conversation reset]" in result.output
+
+
+def test_temperature_reaches_the_sampler(two_runs):
+    """Near zero, sampling picks the greedy tokens; very high, it leaves them. Were --temperature ignored (sampling
+    at the default 1.0), the near-zero answer would not be the greedy one."""
+    def answer(temperature: str) -> str:
+        output = invoke("generate", two_runs[0], "-p", "Tell me a story.", "--max-new-tokens", "8", "--no-stream",
+                        "--seed", "3", "--temperature", temperature).output
+        return output[output.index(">>> "):]
+
+    greedy = answer("0")
+    assert answer("0.001") == greedy and answer("100") != greedy
 
 
 def test_merged_model_matches_base_plus_adapter_within_the_bound(two_runs, tmp_path):
