@@ -96,6 +96,11 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
             more = f" and {unnamed} more" if unnamed else ""
             console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
+    batching = audit.get("batching")
+    if batching:
+        console.print(f"batching {batching['mode']}, batch {batching['batch_size']}: expected padding "
+                      f"{batching['expected_padding_share']:.1%} of the tokens computed (padded batches: "
+                      f"{batching['padded_padding_share']:.1%})", soft_wrap=True)
 
 
 def render_marked(tokenizer: Any, row: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, set_seed
 from llama_lora import assets, distributed, measure, run_folder, samples
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
+from llama_lora.batching import padding_preview
 from llama_lora.chat_template import ensure_chat_template
 from llama_lora.config import EMBEDDED_MODEL, MODEL_ALIASES, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
@@ -78,6 +79,8 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
+    audit["batching"] = padding_preview([len(row["input_ids"]) for row in prepared.train.rows], cfg.batch_size,
+                                        cfg.batching)
     main = distributed.is_main()
     if main:
         print_audit(audit)
@@ -182,7 +185,7 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
     trainer = make_trainer(
         model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log], backend.own_cpu_loss, cfg.early_stopping_patience,
+        [step_log], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
     )
     running = json.loads((staging / "metrics.json").read_text()) if checkpoint else {}
     eval_before = running.get("eval_loss", {}).get("before") if checkpoint else (
@@ -224,6 +227,7 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "resumed_from_step": resume_step or None,
         # tokens/s over this process's training only: a resumed run did not train the earlier steps here
         "tokens": {"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
+        "batching": _batching_record(cfg, model, trainer),
         "final_train_loss": step_log.history[-1]["loss"] if step_log.history else None,
         "eval_loss": {"before": eval_before, "after": eval_after},
         "samples": sampled[0] if sampled else None,
@@ -231,6 +235,20 @@ def _train(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any, train_
         "loss_history": step_log.history,
         "training_args": effective_args(trainer),
         "config": to_record(cfg),
+    }
+
+
+def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, Any]:
+    """The batch layout this process trained with, the attention implementation it ran, and the share of the
+    tokens it computed that were padding (this process's training batches only)."""
+    counted = trainer.batch_tokens
+    computed = counted["computed"]
+    return {
+        "mode": cfg.batching,
+        "attention_implementation": model.config._attn_implementation,
+        "examples_kept_apart_by": counted["layout"],
+        "computed_tokens": computed,
+        "padding_share": round(1 - counted["real"] / computed, 4) if computed else None,
     }
 
 
@@ -279,6 +297,9 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     scope = " (all processes)" if processes > 1 else ""
     print(f"  speed       {metrics['tokens']['per_second']:.0f} non-padding tokens/s{scope} "
           f"({metrics['runtime_s']['train']:.0f} s training)")
+    batching = metrics["batching"]
+    if batching["padding_share"] is not None:
+        print(f"  batching    {batching['mode']}: {batching['padding_share']:.1%} of the tokens computed were padding")
     print(f"  peak memory {peak}")
     if metrics.get("samples"):
         style, n = metrics["samples"]["style"], metrics["samples"]["prompts"]

@@ -18,11 +18,12 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from llama_lora.batching import batch_layout, check_effective, computed_tokens, sft_fields
 from llama_lora.config import TrainConfig
 
 # The SFTConfig fields a fair comparison needs equal; metrics.json records their effective values.
 RECORDED_ARGS = (
-    "max_length", "packing", "padding_free", "gradient_checkpointing", "optim", "learning_rate",
+    "max_length", "packing", "packing_strategy", "padding_free", "gradient_checkpointing", "optim", "learning_rate",
     "lr_scheduler_type", "warmup_steps", "weight_decay", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "data_seed", "bf16", "fp16",
     "max_grad_norm",
@@ -34,10 +35,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
     early_stopping = cfg.early_stopping_patience > 0
     return SFTConfig(
         output_dir=str(output_dir),
-        # what is trained on
-        max_length=cfg.max_seq_length,
-        packing=False,
-        padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
+        # what is trained on; packing and padding_free explicit for every mode: Unsloth would otherwise
+        # switch padding-free on, TRL leaves it off
+        **sft_fields(cfg.batching, cfg.max_seq_length),
         # how
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -73,7 +73,6 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path) -> SFTConfig:
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to="none",
-        include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
@@ -152,6 +151,7 @@ def make_trainer(
     callbacks: list[TrainerCallback],
     own_cpu_loss: bool,
     early_stopping_patience: int = 0,
+    batching: str = "padded",
 ) -> SFTTrainer:
     """An SFTTrainer whose loss also works without CUDA (and that stops early when asked)."""
     if early_stopping_patience:
@@ -165,12 +165,19 @@ def make_trainer(
         # unless the backend library brings its own CPU loss.
         _plain_loss = not torch.cuda.is_available() and not own_cpu_loss
 
+        # tokens computed in training batches, and of them real (not padding): the run's padding share
+        batch_tokens = {"computed": 0, "real": 0, "layout": None}
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if model.training:
+                computed, real = computed_tokens(inputs)
+                self.batch_tokens = {"computed": self.batch_tokens["computed"] + computed,
+                                     "real": self.batch_tokens["real"] + real, "layout": batch_layout(inputs)}
             if self._plain_loss:
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-    return LoraSFTTrainer(
+    trainer = LoraSFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
@@ -178,6 +185,8 @@ def make_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    check_effective(batching, bool(trainer.args.packing), bool(trainer.args.padding_free))
+    return trainer
 
 
 def effective_args(trainer: SFTTrainer) -> dict[str, Any]:
