@@ -121,6 +121,7 @@ def main() -> None:
     if backend_name == "unsloth":
         import unsloth  # noqa: F401  (before transformers and TRL)
     from conftest import load_script
+
     from llama_lora.assets import smollm2_dir
 
     script = load_script({"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetuning.py"}[backend_name])

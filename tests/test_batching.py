@@ -9,23 +9,20 @@ bound. Erasing the boundaries moves them by more than 1 (measured ~5), so 0.1 se
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import batching_probe
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import REPO, load_script
+
 from llama_lora.batching import check_effective, computed_tokens, expected_padding_share, padded_share
 from llama_lora.cli import build_cli
 from llama_lora.config import ConfigError, Machine, TrainConfig, resolve
 from llama_lora.errors import UsageError
-
-import batching_probe
 
 CLEAN_TOLERANCE = 1e-4
 CONTAMINATION_FLOOR = 0.1
