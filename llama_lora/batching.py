@@ -36,6 +36,9 @@ def sft_fields(mode: str, max_seq_length: int) -> dict[str, Any]:
     return {
         "packing": mode == "packed",
         "packing_strategy": "bfd",  # whole examples only: never cut one across rows
+        # eval batches hold the same examples in every mode (padding-free when training packs), so the eval
+        # loss, a mean of per-batch means, compares across modes
+        "eval_packing": False,
         "padding_free": mode != "padded",
         # padding-free without packing: TRL refuses a max_length it would not enforce; our rows already fit
         "max_length": None if mode == "padding-free" else max_seq_length,

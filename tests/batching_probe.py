@@ -57,17 +57,21 @@ def token_logprobs(model: Any, batch: dict[str, Any]) -> Any:
     return torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
 
 
-def largest_difference(model: Any, batch: dict[str, Any], spans: list[tuple[int, int, int]]) -> float:
-    """The largest per-token log-prob difference between an example inside the batch and the example alone."""
+def alone_logprobs(model: Any, batch: dict[str, Any], spans: list[tuple[int, int, int]]) -> list[Any]:
+    """Per-token log-probs of every example of the batch run on its own."""
     import torch
 
+    return [token_logprobs(model, {"input_ids": batch["input_ids"][row:row + 1, start:end],
+                                   "position_ids": torch.arange(end - start)[None]})[0]
+            for row, start, end in spans]
+
+
+def largest_difference(model: Any, batch: dict[str, Any], spans: list[tuple[int, int, int]],
+                       alone: list[Any]) -> float:
+    """The largest per-token log-prob difference between an example inside the batch and the example alone."""
     together = token_logprobs(model, batch)
-    worst = 0.0
-    for row, start, end in spans:
-        ids = batch["input_ids"][row:row + 1, start:end]
-        alone = token_logprobs(model, {"input_ids": ids, "position_ids": torch.arange(end - start)[None]})
-        worst = max(worst, float((together[row, start:end - 1] - alone[0]).abs().max()))
-    return worst
+    return max(float((together[row, start:end - 1] - solo).abs().max())
+               for (row, start, end), solo in zip(spans, alone))
 
 
 def contaminated(batch: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +87,9 @@ def contaminated(batch: dict[str, Any]) -> dict[str, Any]:
     return bad
 
 
-def probe(backend: Any, model_path: str) -> dict[str, Any]:
-    """For each mode: the largest log-prob difference in the real batch and in its contaminated copy."""
+def probe(backend: Any, model_path: str, model: Any = None) -> dict[str, Any]:
+    """For each mode: the largest log-prob difference in the real batch and in its contaminated copy (with the
+    backend's model for r=8, fp32, loaded here unless given)."""
     import torch
 
     from llama_lora.config import Machine, TrainConfig, resolve
@@ -96,7 +101,7 @@ def probe(backend: Any, model_path: str) -> dict[str, Any]:
                               save_steps=0, max_seq_length=512), backend.name, Machine(cuda=False))
     tokenizer, _ = load_tokenizer(model_path)
     rows = probe_rows(tokenizer)
-    model = backend.load(cfg, model_path)
+    model = model if model is not None else backend.load(cfg, model_path)
     model.train()  # the training forward path, without gradients
     result: dict[str, Any] = {"lengths": [len(r["input_ids"]) for r in rows]}
     for mode in MODES:
@@ -106,12 +111,13 @@ def probe(backend: Any, model_path: str) -> dict[str, Any]:
         batch = next(iter(trainer.get_train_dataloader()))
         spans = segments(batch)
         with torch.no_grad():
+            alone = alone_logprobs(model, batch, spans)
             result[mode] = {
                 "examples_in_batch": len(spans),
                 "rows": int(batch["input_ids"].shape[0]),
                 "batch_keys": sorted(batch),
-                "clean": largest_difference(model, batch, spans),
-                "contaminated": largest_difference(model, contaminated(batch), spans),
+                "clean": largest_difference(model, batch, spans, alone),
+                "contaminated": largest_difference(model, contaminated(batch), spans, alone),
             }
     return result
 

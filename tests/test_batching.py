@@ -35,8 +35,8 @@ def peft():
 
 
 @pytest.fixture(scope="module")
-def peft_probe(peft, smollm2_path):
-    return batching_probe.probe(peft, smollm2_path)
+def peft_probe(peft, smollm2_path, peft_model):
+    return batching_probe.probe(peft, smollm2_path, peft_model)
 
 
 @pytest.mark.parametrize("mode", batching_probe.MODES)
@@ -105,16 +105,24 @@ def test_padding_share_counts_pad_tokens_over_all_computed():
     assert computed_tokens({"input_ids": torch.zeros(1, 8, dtype=torch.long)}) == (8, 8)
 
 
-def _trainer(peft, smollm2_path, mode: str, rows: list, **overrides):
+@pytest.fixture(scope="module")
+def peft_model(peft, smollm2_path):
+    """One LoRA-wrapped SmolLM2 (fp32) for the trainer tests; each test that trains restores its LoRA weights."""
+    torch.manual_seed(0)
+    return peft.load(_cfg(smollm2_path, "padded"), smollm2_path)
+
+
+def _cfg(smollm2_path: str, mode: str, **overrides) -> TrainConfig:
+    return resolve(TrainConfig(model=smollm2_path, dtype="float32", r=8, batch_size=4, grad_accum=1, save_steps=0,
+                               learning_rate=1e-3, batching=mode, **overrides), "peft", Machine(cuda=False))
+
+
+def _trainer(model, smollm2_path: str, mode: str, rows: list, **overrides):
     from llama_lora.pipeline import load_tokenizer
     from llama_lora.training import build_sft_config, make_trainer, to_dataset
 
-    torch.manual_seed(0)
-    cfg = resolve(TrainConfig(model=smollm2_path, dtype="float32", r=8, batch_size=4, grad_accum=1, save_steps=0,
-                              learning_rate=1e-3, batching=mode, **overrides), "peft", Machine(cuda=False))
     tokenizer, _ = load_tokenizer(smollm2_path)
-    model = peft.load(cfg, smollm2_path)
-    args = build_sft_config(cfg, Path("/nonexistent"))
+    args = build_sft_config(_cfg(smollm2_path, mode, **overrides), Path("/nonexistent"))
     return make_trainer(model, tokenizer, args, to_dataset(rows), None, [], False, batching=mode)
 
 
@@ -124,13 +132,18 @@ def rows(smollm2_tokenizer):
     return [*rows, *reversed(rows)]  # 8 rows: two steps of 4
 
 
-def test_padded_and_padding_free_steps_have_the_same_losses(peft, smollm2_path, rows):
+@pytest.mark.slow
+def test_padded_and_padding_free_steps_have_the_same_losses(peft_model, smollm2_path, rows):
+    initial = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
     losses = {}
     for mode in ("padded", "padding-free"):
-        trainer = _trainer(peft, smollm2_path, mode, rows, max_steps=2)
+        with torch.no_grad():  # the same LoRA initialisation for both runs
+            for name, p in peft_model.named_parameters():
+                if name in initial:
+                    p.copy_(initial[name])
+        trainer = _trainer(peft_model, smollm2_path, mode, rows, max_steps=2)
         trainer.train()
         losses[mode] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        assert trainer.batch_tokens["computed"] > 0
     assert len(losses["padded"]) == 2
     assert losses["padding-free"] == pytest.approx(losses["padded"], abs=LOSS_TOLERANCE)
 
@@ -147,7 +160,7 @@ def _epoch_targets(trainer) -> tuple[int, list]:
 
 
 @pytest.mark.parametrize("loss_on", ["assistant", "all"])
-def test_packing_keeps_every_label_mask_token_by_token(peft, smollm2_path, smollm2_tokenizer, loss_on):
+def test_packing_keeps_every_label_mask_token_by_token(peft_model, smollm2_path, smollm2_tokenizer, loss_on):
     from llama_lora.data import tokenize_examples
     from llama_lora.formats import Example
 
@@ -157,8 +170,8 @@ def test_packing_keeps_every_label_mask_token_by_token(peft, smollm2_path, smoll
                                                     {"role": "assistant", "content": f"{i} mod 2 = {i % 2}."}])
                 for i in range(6)]
     rows = tokenize_examples(smollm2_tokenizer, examples, loss_on)
-    padded = _trainer(peft, smollm2_path, "padded", rows, max_steps=1)
-    packed = _trainer(peft, smollm2_path, "packed", rows, max_steps=1, max_seq_length=256)
+    padded = _trainer(peft_model, smollm2_path, "padded", rows, max_steps=1)
+    packed = _trainer(peft_model, smollm2_path, "packed", rows, max_steps=1, max_seq_length=256)
     padded_targets, _ = _epoch_targets(padded)
     packed_targets, boundary = _epoch_targets(packed)
     # every example once, its targets unchanged token by token; an example's first token is never a target
