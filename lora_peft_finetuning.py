@@ -53,7 +53,8 @@ def load(cfg: TrainConfig, path: str) -> object:
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_settings(cfg)))
 
 
-main = build_cli(Backend(name="peft", title="PEFT", load=load))
+BACKEND = Backend(name="peft", title="PEFT", load=load)
+main = build_cli(BACKEND)
 
 if __name__ == "__main__":
     main()

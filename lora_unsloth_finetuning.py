@@ -62,16 +62,15 @@ def load(cfg: TrainConfig, path: str) -> object:
     )
 
 
-main = build_cli(
-    Backend(
-        name="unsloth",
-        title="Unsloth",
-        load=load,
-        before_heavy_imports=import_unsloth,
-        own_cpu_loss=True,  # Unsloth's CPU backend brings a chunked cross-entropy in place of TRL's Triton head
-        libraries=("unsloth", "unsloth_zoo"),
-    )
+BACKEND = Backend(
+    name="unsloth",
+    title="Unsloth",
+    load=load,
+    before_heavy_imports=import_unsloth,
+    own_cpu_loss=True,  # Unsloth's CPU backend brings a chunked cross-entropy in place of TRL's Triton head
+    libraries=("unsloth", "unsloth_zoo"),
 )
+main = build_cli(BACKEND)
 
 if __name__ == "__main__":
     main()

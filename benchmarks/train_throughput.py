@@ -61,6 +61,7 @@ class Setup:
     search: str | None = None
     steps: int = 10
     warmup: int = 3
+    real_lengths: bool = False  # rows of chat-like varying length (real_length_rows) instead of full-length ones
 
 
 def configs(cpu: bool) -> dict[str, Setup]:
@@ -81,6 +82,11 @@ def configs(cpu: bool) -> dict[str, Setup]:
                    steps=steps, warmup=warmup),
         "D": Setup("D", "QLoRA r=32, batch 1: the longest sequence that completes a training step",
                    {**qlora, "batch_size": 1, "grad_accum": 1}, 0, search="max_seq_length", steps=1, warmup=0),
+        **{f"R-{mode}": Setup(f"R-{mode}", f"QLoRA r=16 (CPU: 16-bit), batch 8 x 1, real-length rows (up to {2048 // scale} tokens), "
+                                           f"--batching {mode}",
+                              {**qlora, "r": 16, "lora_alpha": 16, "batch_size": 8, "grad_accum": 1,
+                               "load_in_4bit": not cpu, "batching": mode}, 2048 // scale, steps=steps, warmup=warmup, real_lengths=True)
+           for mode in ("padded", "padding-free", "packed")},
     }
 
 
@@ -158,15 +164,16 @@ def to_markdown(result: dict[str, Any]) -> str:
              *[f"Command: `{command}`  " for command in commands], f"Model: {result['model']}  ",
              f"Environment: {', '.join(f'{k} {v}' for k, v in env['libraries'].items() if v)}"
              + (f", driver {env['driver']}" if env.get("driver") else ""), "",
-             "| config | backend | batch x length | tokens/s (median) | warm-up s | peak alloc GiB | peak reserved GiB "
-             "| MFU 4N | MFU w/ recompute | max length | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("| config | backend | batch x length | tokens/s (median) | warm-up s | peak alloc GiB | peak reserved GiB "
+              "| MFU 4N | MFU w/ recompute | max length | padding | status |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, config in sorted(result["configs"].items()):
         for backend, r in config["backends"].items():
             shape = f"{r['batch_size']} x {r['seq_len']}" if r.get("seq_len") else "-"
             lines.append(
                 f"| {name} | {backend} | {shape} | {r.get('median_tokens_per_s') or '-'} | {r.get('warmup_s', '-')} | "
                 f"{_peak(r)} | {r.get('peak_reserved_gb') or '-'} | {_pct(r.get('mfu_4n'))} | "
-                f"{_pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {r['status']} |")
+                f"{_pct(r.get('mfu_with_recompute'))} | {r.get('max_seq_length') or '-'} | {_pct(r.get('padding_share'))} | "
+                f"{r['status']} |")
     lines.append("")
     for name, config in sorted(result["configs"].items()):
         lines.append(f"- **{name}**: {config['title']}. Loss difference Unsloth vs PEFT: {config['loss_difference']}")
@@ -236,6 +243,36 @@ def synthetic_rows(folder: Path, seq_len: int, n_rows: int, seed: int = 0) -> Pa
     return path
 
 
+def bundled_lengths() -> list[int]:
+    """Token lengths of the bundled dialogues (SmolLM2's template, every row kept)."""
+    from transformers import AutoTokenizer
+
+    from llama_lora.assets import smollm2_dir
+    from llama_lora.config import TrainConfig
+    from llama_lora.data import prepare
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
+    return [len(row["input_ids"]) for row in prepare(TrainConfig(eval_fraction=0), tokenizer).train.rows]
+
+
+def real_length_rows(folder: Path, max_len: int, n_rows: int, seed: int = 0) -> Path:
+    """Plain-text rows whose token lengths follow the bundled dialogues' histogram (301 rows, 166-985 tokens,
+    median 386) stretched so its longest row is max_len tokens: at 2048 a long-tailed chat distribution of
+    345-2048 tokens, median ~800, as 8B fine-tuning data typically is. Lengths are drawn with replacement;
+    every word is one token, plus BOS and EOS."""
+    path = folder / f"real-{max_len}-{n_rows}.jsonl"
+    if path.exists():
+        return path
+    rng = random.Random(seed)
+    bundled = bundled_lengths()
+    words = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "it"]
+    lengths = [max(3, round(rng.choice(bundled) * max_len / max(bundled))) for _ in range(n_rows)]
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n - 2))}) + "\n"
+                            for n in lengths))
+    return path
+
+
 @dataclass(frozen=True)
 class Trial:
     """One training process: its exit status, run folder, whether it ran out of GPU memory, its log."""
@@ -251,7 +288,9 @@ def train(backend: str, model: str, setup: Setup, flags: dict[str, Any], seq_len
           work: Path) -> Trial:
     """One training process through the entry script; its whole output is kept under work/logs."""
     batch = flags.get("batch_size", 1) * flags.get("grad_accum", 1)
-    data = synthetic_rows(work / "data", seq_len, steps * batch)
+    # real-length rows: enough for every step even when packing fits several rows into one
+    data = (real_length_rows(work / "data", seq_len, steps * batch * 8) if setup.real_lengths
+            else synthetic_rows(work / "data", seq_len, steps * batch))
     out = work / "runs" / f"{setup.name}-{backend}-{seq_len}-{flags.get('batch_size')}"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
@@ -361,6 +400,8 @@ def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, p
         **mfu(speed["median_tokens_per_s"], matmul, peak, bool(flags.get("gradient_checkpointing"))),
         "peak_allocated_gb": memory.gpu_peak_allocated_gib, "peak_reserved_gb": memory.gpu_peak_reserved_gib,
         "peak_rss_gb": memory.cpu_peak_rss_gib, "load_s": metrics.runtime_s.load,
+        "padding_share": (metrics.batching or {}).get("padding_share"),
+        "attention": (metrics.batching or {}).get("attention_implementation"),
         "losses": [entry["loss"] for entry in log], "trials": trials,
         "libraries": metrics.libraries, "device": metrics.device.model_dump(mode="json", exclude_unset=True),
     }
@@ -392,7 +433,8 @@ def peak_flops(device: str, override: float | None) -> float | None:
 
 
 @click.command()
-@click.option("--configs", "names", default="A,B,C,D", show_default=True, help="Comma-separated configurations.")
+@click.option("--configs", "names", default="A,B,C,D", show_default=True,
+              help="Comma-separated configurations; R-padded,R-padding-free,R-packed: real-length rows, three --batching modes.")
 @click.option("--backends", default="peft,unsloth", show_default=True)
 @click.option("--cpu", is_flag=True, help="CPU smoke mode: embedded SmolLM2, lengths / 8, a few steps, no MFU.")
 @click.option("--peak-tflops", type=float, help="The device's dense bf16 peak, if not in the built-in table.")

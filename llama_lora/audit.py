@@ -117,6 +117,11 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     if cache.get("path") not in (None, "off"):
         console.print(f"tokenized data {'cached in' if cache['built'] else 'read from the cache'} {cache['path']}",
                       soft_wrap=True)
+    batching = audit.get("batching")
+    if batching:
+        console.print(f"batching {batching['mode']}, batch {batching['batch_size']}: expected padding "
+                      f"{batching['expected_padding_share']:.1%} of the tokens computed (padded batches: "
+                      f"{batching['padded_padding_share']:.1%})", soft_wrap=True)
 
 
 def render_marked(tokenizer: Any, row: dict[str, Any]) -> str:

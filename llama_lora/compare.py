@@ -76,7 +76,9 @@ def load_run(folder: Path) -> ComparedRun:
 NOT_OPTIONS = {
     "tokenized data (hash of input ids + labels)": "data.hash",
     "device": "device.name",
+    "max length (the trainer's)": "training_args.max_length",
     "packing": "training_args.packing",
+    "packing strategy": "training_args.packing_strategy",
     "padding-free": "training_args.padding_free",
     "max grad norm": "training_args.max_grad_norm",
     "data seed": "training_args.data_seed",

@@ -17,6 +17,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from llama_lora import tracking
+from llama_lora.batching import default_batching
+from llama_lora.batching import refusal as batching_refusal
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OUTPUT_ROOT = Path("llama-3.1-lora-finetuned")
@@ -34,6 +36,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "classification", "text")
 LOSS_ON = ("assistant", "last-assistant", "all")
 OVERLENGTH = ("drop", "truncate", "error")
+BATCHING = ("padded", "padding-free", "packed")  # llama_lora/batching.py says what each does
 
 
 def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None,
@@ -115,10 +118,20 @@ class TrainConfig:
         None, "Compute dtype: " + ", ".join(DTYPES) + ".",
         auto="bfloat16 where the GPU/CPU has native bf16, else float16 on GPU / float32 on CPU", recorded="dtype"
     )
-    max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.",
-                               recorded="training_args.max_length")
-    batch_size: int = _opt(4, "Examples per device per forward pass.",
+    # recorded as configured: with --batching padding-free the trainer's own max_length is None (rows already fit)
+    max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.")
+    batch_size: int = _opt(4, "Examples per device per forward pass (with --batching packed: packed rows).",
                            recorded="training_args.per_device_train_batch_size")
+    batching: str | None = _opt(
+        None, "How a batch is laid out. padded: each example in its own row, padded to the longest in the "
+        "batch. padding-free: the batch's examples concatenated into one row with no padding, the same examples "
+        "per step and the same loss as padded. packed: examples packed whole into rows of up to --max-seq-length "
+        "tokens before training, so a step holds more examples and an epoch has fewer steps (the supervised "
+        "tokens per epoch stay the same). Examples in one row never attend to each other.",
+        auto="padding-free with a CUDA GPU (no padding computed; the same batches and loss as padded); padded on "
+        "CPU, the one mode both backends run there",
+        choices=BATCHING,
+    )
     grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).",
                            recorded="training_args.gradient_accumulation_steps")
     learning_rate: float = _opt(2e-4, "Peak learning rate.", recorded="training_args.learning_rate")
@@ -312,10 +325,14 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
         lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.r,
         load_in_4bit=cfg.load_in_4bit if cfg.load_in_4bit is not None else machine.cuda,
         max_steps=cfg.max_steps if cfg.max_steps is not None else (-1 if machine.cuda else CPU_DEMO_STEPS),
+        batching=cfg.batching or default_batching(machine.cuda),
         dtype=dtype,
         output_dir=cfg.output_dir or str(OUTPUT_ROOT / backend),
     )
     validate(resolved, machine)
+    refused = batching_refusal(resolved.batching, backend, machine.cuda, resolved.trust_remote_code)
+    if refused:
+        raise ConfigError(refused)
     return resolved
 
 

@@ -23,6 +23,7 @@ from llama_lora import assets, distributed, measure, quiet, run_folder, run_reco
 from llama_lora.atomic_files import write_json, write_text
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
+from llama_lora.batching import padding_preview
 from llama_lora.chat_template import ensure_chat_template
 from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record
 from llama_lora.data import prepare
@@ -75,6 +76,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     prepared = prepare(cfg, tokenizer)
     template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
+    audit["batching"] = padding_preview(prepared.train.rows.kept_lengths(), cfg.batch_size, cfg.batching)
     is_main = distributed.is_main()
     if is_main:
         print_audit(audit)
@@ -203,7 +205,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     trainer = make_trainer(
         model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience,
+        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
     )
     if report_to != "none":
         trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
@@ -252,6 +254,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         resumed_from_step=resume_step or None,
         # tokens/s over this process's training only: a resumed run did not train the earlier steps here
         tokens={"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
+        batching=_batching_record(cfg, model, trainer),
         final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
         eval_loss={"before": eval_before, "after": eval_after},
         samples=sampled[0] if sampled else None,
@@ -261,6 +264,20 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         training_args=effective_args(trainer),
         config=to_record(cfg),
     )
+
+
+def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, Any]:
+    """The batch layout this process trained with, the attention implementation it ran, and the share of the
+    tokens it computed that were padding (this process's training batches only)."""
+    counted = trainer.batch_tokens
+    computed = counted["computed"]
+    return {
+        "mode": cfg.batching,
+        "attention_implementation": model.config._attn_implementation,
+        "examples_kept_apart_by": counted["layout"],
+        "computed_tokens": computed,
+        "padding_share": round(1 - counted["real"] / computed, 4) if computed else None,
+    }
 
 
 def _save_adapter(trainer: Any, model: Any, staging: Path, is_main: bool) -> None:
@@ -308,6 +325,9 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     scope = " (all processes)" if processes > 1 else ""
     print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
           f"({metrics.runtime_s.train:.0f} s training)")
+    batching = metrics.batching or {}
+    if batching.get("padding_share") is not None:
+        print(f"  batching    {batching['mode']}: {batching['padding_share']:.1%} of the tokens computed were padding")
     print(f"  peak memory {peak}")
     cache = (metrics.data or {}).get("cache") or {}
     if cache.get("path", "off") != "off":

@@ -110,6 +110,7 @@ class RunRecord(_Part):
     steps: int | None = None
     resumed_from_step: int | None = None
     tokens: Tokens | None = None
+    batching: dict[str, Any] | None = None  # --batching: mode, attention path, padding share (pipeline._batching_record)
     final_train_loss: float | None = None
     eval_loss: EvalLoss | None = None
     samples: dict[str, Any] | None = None  # samples.py's figures

@@ -73,6 +73,10 @@ class TokenTable(Sequence):
             values = pc.list_value_length(values)
         return int(pc.sum(values).as_py() or 0)
 
+    def kept_lengths(self) -> list[int]:
+        """Tokens of each kept row (after truncation), read from the Arrow column without building the rows."""
+        return pc.list_value_length(self.dataset.data.column("input_ids")).to_pylist()
+
     def truncated_rows(self) -> int:
         """Rows kept but cut to the max length."""
         kept = pc.list_value_length(self.dataset.data.column("input_ids"))

@@ -12,21 +12,22 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from llama_lora.batching import batch_layout, check_effective, computed_tokens, sft_fields
 from llama_lora.config import CONFIG_FIELDS, TrainConfig, recorded_path
 
 TRAINING_ARGS = "training_args."
 # metrics.json records the trainer's effective value of every SFTConfig field an option declares as its recorded
 # effect (config.py), and of these: the settings no option sets (compare.NOT_OPTIONS), and the fields that
 # --epochs/--max-steps and --dtype set, whose effect is compared as the steps taken and the dtype.
-OTHER_RECORDED_ARGS = ("packing", "padding_free", "data_seed", "max_grad_norm", "num_train_epochs", "max_steps",
-                       "bf16", "fp16")
+OTHER_RECORDED_ARGS = ("max_length", "packing", "packing_strategy", "padding_free", "data_seed", "max_grad_norm",
+                       "num_train_epochs", "max_steps", "bf16", "fp16")
 RECORDED_ARGS = tuple(dict.fromkeys([
     *(recorded_path(name).removeprefix(TRAINING_ARGS) for name in CONFIG_FIELDS
       if recorded_path(name).startswith(TRAINING_ARGS)),
@@ -39,13 +40,14 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
     early_stopping = cfg.early_stopping_patience > 0
     return SFTConfig(
         output_dir=str(output_dir),
-        # what is trained on
-        max_length=cfg.max_seq_length,
-        packing=False,
-        padding_free=False,  # explicit: Unsloth would otherwise switch it on, TRL leaves it off
-        # The rows arrive tokenized, within max_length (--overlength) and with supervised tokens (the audit drops
-        # the others): TRL's own truncation and "fully masked" passes would only repeat that, so they are skipped.
-        dataset_kwargs={"skip_prepare_dataset": True},
+        # what is trained on; packing and padding_free explicit for every mode: Unsloth would otherwise
+        # switch padding-free on, TRL leaves it off
+        **sft_fields(cfg.batching, cfg.max_seq_length),
+        # The rows arrive tokenized, within --max-seq-length (--overlength) and with supervised tokens (the audit
+        # drops the others): TRL's own truncation and "fully masked" passes would only repeat that, and copy a
+        # memory-mapped table of any size. Packing is done in that preparation (best-fit decreasing), so a packed
+        # run keeps it.
+        dataset_kwargs={"skip_prepare_dataset": cfg.batching != "packed"},
         # how
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -81,7 +83,6 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to=report_to,  # what the trackers see; never what is computed
-        include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
@@ -163,6 +164,7 @@ def make_trainer(
     callbacks: list[TrainerCallback],
     own_cpu_loss: bool,
     early_stopping_patience: int = 0,
+    batching: str = "padded",
 ) -> SFTTrainer:
     """An SFTTrainer whose loss also works without CUDA (and that stops early when asked)."""
     if early_stopping_patience:
@@ -176,12 +178,19 @@ def make_trainer(
         # unless the backend library brings its own CPU loss.
         _plain_loss = not torch.cuda.is_available() and not own_cpu_loss
 
+        # tokens computed in training batches, and of them real (not padding): the run's padding share
+        batch_tokens: ClassVar[dict[str, Any]] = {"computed": 0, "real": 0, "layout": None}  # replaced, never mutated
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if model.training:
+                computed, real = computed_tokens(inputs)
+                self.batch_tokens = {"computed": self.batch_tokens["computed"] + computed,
+                                     "real": self.batch_tokens["real"] + real, "layout": batch_layout(inputs)}
             if self._plain_loss:
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-    return LoraSFTTrainer(
+    trainer = LoraSFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
@@ -189,6 +198,8 @@ def make_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    check_effective(batching, bool(trainer.args.packing), bool(trainer.args.padding_free))
+    return trainer
 
 
 def effective_args(trainer: SFTTrainer) -> dict[str, Any]:

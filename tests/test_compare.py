@@ -19,9 +19,10 @@ def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: floa
         "dtype": "float32", "device": {"name": "cpu"}, "steps": len(losses),
         "data": {"hash": "abc"}, "config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                                             "target_modules": ["q_proj"], "use_rslora": False, "use_dora": False,
-                                            "early_stopping_patience": 0},
+                                            "early_stopping_patience": 0, "max_seq_length": 2048,
+                                            "batching": "padded"},
         "training_args": {"max_length": 2048, "packing": False, "padding_free": False, "gradient_checkpointing": True,
-                          "optim": "adamw_torch_fused", "learning_rate": 2e-4, "lr_scheduler_type": "linear",
+                          "optim": "adamw_torch_fused", "packing_strategy": "bfd", "learning_rate": 2e-4, "lr_scheduler_type": "linear",
                           "warmup_steps": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0,
                           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "seed": 42,
                           "data_seed": 42},
@@ -119,8 +120,11 @@ def test_fair_pair_gets_ratios_and_a_verdict(pair):
 
 def test_different_max_length_is_flagged_and_no_winner_is_declared(tmp_path: Path):
     a = load_run(run_folder(tmp_path, "peft", record("peft", [2.0], 100.0, 5.0)))
-    b = load_run(run_folder(tmp_path, "unsloth", record("unsloth", [2.0], 150.0, 3.0, training_args__max_length=1024)))
-    assert fairness(a, b) == [{"setting": "--max-seq-length", "a": 2048, "b": 1024}]
+    b = load_run(run_folder(tmp_path, "unsloth", record("unsloth", [2.0], 150.0, 3.0, config__max_seq_length=1024,
+                                                        training_args__max_length=1024)))
+    # the option as configured, and the trainer's own value (None for both with --batching padding-free)
+    assert fairness(a, b) == [{"setting": "max length (the trainer's)", "a": 2048, "b": 1024},
+                              {"setting": "--max-seq-length", "a": 2048, "b": 1024}]
     assert compare(a, b)["verdict"].startswith("no winner declared")
     assert compare(a, b, force=True)["verdict"].startswith("FORCED despite unfair settings: unsloth is 1.50x")
 

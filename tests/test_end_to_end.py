@@ -83,6 +83,14 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
     audit = json.loads((runs[backend] / "audit.json").read_text())
     assert audit["hash"] == m["data"]["hash"] and audit["format"] == "messages"
     assert audit["splits"]["eval"]["rows_kept"] == 4
+    # CPU default: padded batches; the padding they computed is measured, and was predicted by the audit
+    batching = m["batching"]
+    assert batching["mode"] == "padded" and batching["attention_implementation"]
+    assert batching["examples_kept_apart_by"].startswith("attention_mask")
+    assert batching["computed_tokens"] >= m["tokens"]["non_padding_seen"]
+    assert 0 <= batching["padding_share"] < 0.5
+    assert audit["batching"]["mode"] == "padded" and audit["batching"]["batch_size"] == 2
+    assert 0 <= audit["batching"]["expected_padding_share"] < 0.5
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)

@@ -3,6 +3,8 @@ search, and that configurations A-D are the ones the benchmark promises."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import load_script
@@ -71,6 +73,19 @@ def test_configurations_are_the_published_setups():
     assert bench.configs(cpu=True)["A"].flags["optim"] == "adamw_torch_fused"  # 8-bit optimizers need a GPU
 
 
+def test_real_length_configurations_run_the_three_batching_modes_on_the_stretched_bundled_lengths(
+        tmp_path, smollm2_tokenizer):
+    gpu = bench.configs(cpu=False)
+    modes = {name: gpu[name].flags["batching"] for name in gpu if name.startswith("R-")}
+    assert modes == {"R-padded": "padded", "R-padding-free": "padding-free", "R-packed": "packed"}
+    assert all(gpu[name].real_lengths and gpu[name].seq_len == 2048 for name in modes)
+    assert gpu["R-packed"].flags["batch_size"] == 8 and gpu["R-packed"].flags["load_in_4bit"] is True
+    rows = [json.loads(line)["text"] for line in bench.real_length_rows(tmp_path, 256, 200).read_text().splitlines()]
+    lengths = [len(smollm2_tokenizer(text)["input_ids"]) + 2 for text in rows]  # + BOS and EOS
+    assert max(lengths) <= 256 + 2 and min(lengths) >= 256 * 166 // 985 - 2  # the bundled range, stretched
+    assert 0.3 < sum(lengths) / len(lengths) / 256 < 0.6  # bundled mean 420 of max 985: a long tail
+
+
 def test_markdown_report_has_a_row_per_backend_and_config():
     result = {
         "date": "2026-11-23", "command": "python benchmarks/train_throughput.py --cpu", "model": "m",
@@ -80,7 +95,7 @@ def test_markdown_report_has_a_row_per_backend_and_config():
                                        "unsloth": {"status": "ok", "median_tokens_per_s": 120.0}}}},
     }
     text = bench.to_markdown(result)
-    assert "| A | peft | - | 90.5 | - | - | - | 41.0% | - | - | ok |" in text
+    assert "| A | peft | - | 90.5 | - | - | - | 41.0% | - | - | - | ok |" in text
     assert "| A | unsloth | - | 120.0 |" in text and "Command: `python benchmarks/train_throughput.py --cpu`" in text
 
 
