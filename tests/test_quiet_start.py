@@ -24,7 +24,7 @@ def test_the_readme_dry_run_prints_no_library_warning():
                   if line.strip() and not any(line.startswith(ok) for ok in EXPECTED_STDERR)]
     assert unexpected == []
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Data audit:") and lines[-1] == "Dry run: no model weights loaded, nothing written."
+    assert lines[0].startswith("Data audit:") and lines[-1] == "Dry run: no model weights loaded, no run folder written."
 
 
 class Collect(logging.Handler):
