@@ -173,7 +173,7 @@ def measure_phase(phase: str, data: Path, cache_dir: Path, max_seq_length: int) 
     tokenizer = llama3_tokenizer()
     cfg = TrainConfig(dataset=str(data), model="llama3-tokenizer", data_cache=str(cache_dir),
                       max_seq_length=max_seq_length, max_steps=1, batch_size=1, grad_accum=1, save_steps=0,
-                      samples=0, dtype="float32")
+                      samples=0, dtype="float32", batching="padded")  # resolve() is skipped here: no "auto" left
     before = private_mb()
     ready_to_prepare_s = time.time() - PROCESS_STARTED  # interpreter, imports, tokenizer
     started = time.perf_counter()
