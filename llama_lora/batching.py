@@ -28,11 +28,15 @@ from typing import Any
 
 from llama_lora.errors import UsageError
 
+MODES = ("padded", "padding-free", "packed")
 PADDING_ORDERS = 20  # random epoch orders averaged for the expected padding share
 
 
 def sft_fields(mode: str, max_seq_length: int) -> dict[str, Any]:
     """The SFTConfig fields a batching mode sets."""
+    if mode not in MODES:
+        # an "auto" (None) mode means the config skipped config.resolve(); TRL would fail later and less clearly
+        raise ValueError(f"batching mode {mode!r} is not one of {', '.join(MODES)}: resolve the config first")
     return {
         "packing": mode == "packed",
         "packing_strategy": "bfd",  # whole examples only: never cut one across rows

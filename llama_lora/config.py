@@ -17,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from llama_lora import tracking
-from llama_lora.batching import default_batching
+from llama_lora.batching import MODES, default_batching
 from llama_lora.batching import refusal as batching_refusal
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -36,7 +36,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "classification", "text")
 LOSS_ON = ("assistant", "last-assistant", "all")
 OVERLENGTH = ("drop", "truncate", "error")
-BATCHING = ("padded", "padding-free", "packed")  # llama_lora/batching.py says what each does
+BATCHING = MODES  # llama_lora/batching.py says what each does
 
 
 def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None,
