@@ -76,6 +76,7 @@ FAIRNESS = {
     "seed": "training_args.seed",
     "data seed": "training_args.data_seed",
     "steps": "steps",
+    "eval steps": "config.eval_steps",
     "LoRA r": "config.r",
     "LoRA alpha": "config.lora_alpha",
     "LoRA dropout": "config.lora_dropout",
