@@ -1,15 +1,16 @@
 """Does the default run teach? Both backends, several seeds, every held-out prompt scored before and after.
 
-    python benchmarks/learning.py                                  # CPU: the embedded model's demo recipe, seeds 1-3
+    python benchmarks/learning.py                                  # the resolved defaults, seeds 42, 1, 2
     python benchmarks/learning.py --seeds 1,2 --backends peft      # a subset
     python benchmarks/learning.py --train-flags "--max-steps -1 --epochs 3"   # e.g. on a GPU: longer training
 
 Each backend trains on the bundled data through its own entry script (the command a user runs), with the resolved
 defaults and one seed per run. This process (plain transformers + PEFT, never Unsloth) then answers *all* held-out
 eval prompts greedily with the base model, once (its greedy answers depend on neither the seed nor the backend),
-and with each run's adapter. Scoring every adapter through the same loader means the figures compare what each backend
-trained, not two inference paths. The style checks are samples.STYLE_CHECKS; eval loss comes from each run's
-metrics.json. Runs go seed by seed, both backends each, and the results are written after every run. Results go to benchmarks/results/learning-<device>-<date>.json and .md with the command.
+and with each run's adapter. Scoring every adapter through the same loader means the figures compare what each
+backend trained, not two inference paths. The style checks are samples.STYLE_CHECKS; eval loss comes from each run's
+metrics.json. Runs go seed by seed, both backends each, and the results are written after every run, to
+benchmarks/results/learning-<device>-<date>.json and .md with the command.
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def main(backends: str, seeds: str, train_flags: str, max_new_tokens: int, work:
         "date": time.strftime("%Y-%m-%d"), "environment": env, "train_flags": train_flags,
         "max_new_tokens": max_new_tokens, "loadavg": {"before": _loadavg(), "after": None}, "runs": {},
     }
-    stem = out / f"learning-{'cpu' if env['device'].startswith('CPU') else env['device'].replace(' ', '-')}-{result['date']}"
+    device = "cpu" if env["device"].startswith("CPU") else env["device"].replace(" ", "-")
+    stem = out / f"learning-{device}-{result['date']}"
     scorer = None
     # seed by seed, both backends each time: a benchmark stopped early still holds a comparable pair
     for seed in (int(s) for s in seeds.split(",")):
