@@ -239,6 +239,8 @@ def shared(before: list[float], after: list[float], cpus: int) -> bool:
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/.work/learning"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 def main(backends: str, seeds: str, train_flags: str, max_new_tokens: int, work: Path, out: Path) -> None:
+    from llama_lora.records import write_report
+
     work.mkdir(parents=True, exist_ok=True)
     env = environment()
     result: dict[str, Any] = {
@@ -266,17 +268,8 @@ def main(backends: str, seeds: str, train_flags: str, max_new_tokens: int, work:
             result.update(summary=summary, verdict=verdict(summary),
                           shared=shared(result["loadavg"]["before"], after, env["cpus"]))
             result["loadavg"]["after"] = after
-            write_results(stem, result)  # after every run, so a stopped benchmark keeps what it measured
+            write_report(stem, result, to_markdown(result))  # after every run, so a stopped benchmark keeps what it measured
     print(to_markdown(result))
-
-
-def write_results(stem: Path, result: dict[str, Any]) -> None:
-    """The JSON record and the markdown report, each written whole then renamed into place."""
-    from llama_lora.records import write_json, write_text
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), result)
-    write_text(stem.with_suffix(".md"), to_markdown(result))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def write_report(stem: Path, record: dict[str, Any], markdown: str) -> None:
+    """A benchmark's JSON record and markdown report side by side (stem + .json / .md), each written whole."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), record)
+    write_text(stem.with_suffix(".md"), markdown)
+
+
 def eval_points(eval_loss: dict[str, Any], last_step: int) -> list[tuple[int, float]]:
     """(step, eval loss) in step order: before training at 0, the evaluations during it, after it at the end
     (unless the last evaluation during training was already at that step)."""
