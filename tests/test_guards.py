@@ -73,7 +73,8 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
     monkeypatch.setattr(measure, "gpu_peak_and_total_gb", lambda: (77.9, 79.6))  # the GPU we do not have
     cli = build_cli(Backend(name="peft", title="PEFT", load=load))
     out = tmp_path / "runs" / "peft"
-    result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8"])
+    result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8",
+                                      "--grad-accum", "2"])
     assert result.exit_code == 1, result.output
     assert "peak 77.9 GB allocated of 79.6 GB" in result.stderr and "--batch-size 4 --grad-accum 4" in result.stderr
     record = json.loads((tmp_path / "runs" / ".peft.partial" / "metrics.json").read_text())
