@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps.
 # Measured on CPU (fp32/bf16, same seed, same tokens): at most 0.1%. On GPU the backends differ by design in

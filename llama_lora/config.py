@@ -133,7 +133,8 @@ class TrainConfig:
     )
     eval_steps: int | None = _opt(
         None, "Evaluate the eval loss every N optimizer steps during training (the loss plot and metrics.json show "
-        "it next to the train loss; early stopping uses these evaluations); 0: only before and after training.",
+        "it next to the train loss); 0: only before and after training. Early stopping uses these evaluations, so with "
+        "it on this must equal --save-steps.",
         auto=f"the planned steps / {recipe.EVAL_POINTS}, rounded up; with early stopping, --save-steps",
     )
     save_steps: int = _opt(
@@ -318,10 +319,10 @@ def validate(cfg: TrainConfig, machine: Machine) -> None:
         (cfg.eval_steps is None or cfg.eval_steps >= 0, "--eval-steps must be 0 (only before and after) or positive"),
         (cfg.early_stopping_patience == 0 or cfg.save_steps > 0,
          "--early-stopping-patience keeps the best checkpoint, so it needs --save-steps > 0"),
-        (cfg.early_stopping_patience == 0 or cfg.eval_steps is None
-         or (cfg.eval_steps > 0 and cfg.save_steps % cfg.eval_steps == 0),
-         ("--early-stopping-patience can keep only a checkpointed step: --save-steps must be a multiple of "
-          "--eval-steps")),
+        # transformers would track a best step it never saved (the kept adapter would not be the best one)
+        (cfg.early_stopping_patience == 0 or cfg.eval_steps is None or cfg.eval_steps == cfg.save_steps,
+         ("--early-stopping-patience can keep only a checkpointed step, so it evaluates at every checkpoint: "
+          "--eval-steps must equal --save-steps")),
         (cfg.early_stopping_patience == 0 or cfg.keep_checkpoints >= 2,
          "--early-stopping-patience keeps the best checkpoint next to the latest: --keep-checkpoints must be >= 2"),
         (cfg.optim.find("8bit") < 0 or machine.cuda,

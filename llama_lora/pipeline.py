@@ -60,10 +60,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str
     return tokenizer, template
 
 
-def run(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
+def run(cfg: TrainConfig, backend: Backend, options: RunOptions | None = None) -> int:
     """Train, evaluate and save one adapter (or, for a dry run, only audit the data); returns the exit status."""
     try:
-        return _run(cfg, backend, options)
+        return _run(cfg, backend, options or RunOptions())
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -126,7 +126,7 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     try:
         metrics = _train(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
                          prepared.labels)
-    except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
+    except Exception as err:  # noqa: BLE001 (anything that ends training: record it, keep checkpoints, say why)
         return _fail(cfg, staging, err)
     if not main:
         return 0

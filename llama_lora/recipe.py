@@ -45,7 +45,7 @@ def planned_steps(max_steps: int, epochs: float, rows: int, batch_size: int, gra
 
 def default_eval_steps(steps: int, save_steps: int, early_stopping: bool) -> int:
     """Evaluate EVAL_POINTS times in a run; with early stopping at every checkpoint (it can keep only a
-    checkpointed step, so it evaluates where it saves)."""
+    checkpointed step, so it evaluates exactly where it saves)."""
     if early_stopping:
         return save_steps
     return max(1, math.ceil(steps / EVAL_POINTS))

@@ -112,13 +112,13 @@ class StepLog(TrainerCallback):
         self.started = time.perf_counter()
         self.training = False  # evaluations before and after training are not the trainer's own
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_end(self, args, state, control, **kwargs):
         self.training = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs and self.training:
             self.evals.append({"step": state.global_step, "eval_loss": logs["eval_loss"],
                                "seconds": logs.get("eval_runtime")})
@@ -167,7 +167,7 @@ def make_trainer(
         # unless the backend library brings its own CPU loss.
         _plain_loss = not torch.cuda.is_available() and not own_cpu_loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._plain_loss:
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

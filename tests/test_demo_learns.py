@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -33,7 +32,8 @@ def test_a_short_demo_run_raises_the_style_rate_on_held_out_prompts(tmp_path: Pa
     result = subprocess.run(
         [sys.executable, "lora_unsloth_finetuning.py", "--dataset", str(data), "--output-dir", str(out),
          "--max-steps", str(STEPS), "--eval-steps", "0", "--samples", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd=REPO, capture_output=True, text=True, timeout=1200, check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     args = metrics["training_args"]

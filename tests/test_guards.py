@@ -41,7 +41,7 @@ def test_max_seq_length_above_the_models_positions_is_refused(smollm2_path):
 @pytest.mark.parametrize("values, message", [
     ({"optim": "paged_adamw_8bit"}, "--optim paged_adamw_8bit needs a CUDA GPU"),
     ({"dtype": "float16"}, "--dtype float16 needs a CUDA GPU"),
-    ({"early_stopping_patience": 2, "save_steps": 0}, "--early-stopping-patience keeps the best checkpoint, so it needs"),
+    ({"early_stopping_patience": 2, "save_steps": 0}, "--early-stopping-patience keeps the best checkpoint"),
     ({"early_stopping_patience": 2, "keep_checkpoints": 1}, "--keep-checkpoints must be >= 2"),
     ({"save_steps": -5}, "--save-steps must be 0"),
     ({"lora_dropout": 1.0}, r"--lora-dropout must be in \[0, 1\)"),
