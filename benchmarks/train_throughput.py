@@ -494,11 +494,9 @@ def merged_with_earlier(path: Path, result: dict[str, Any]) -> dict[str, Any]:
 
 def write_results(stem: Path, result: dict[str, Any]) -> None:
     """The JSON record and the markdown table, each written whole then renamed into place."""
-    from llama_lora.atomic_files import write_json, write_text
+    from llama_lora.atomic_files import write_report
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_json(stem.with_suffix(".json"), result)
-    write_text(stem.with_suffix(".md"), to_markdown(result))
+    write_report(stem, result, to_markdown(result))
 
 
 if __name__ == "__main__":

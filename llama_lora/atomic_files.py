@@ -31,3 +31,10 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Pretty JSON, written whole."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_report(stem: Path, record: dict[str, Any], markdown: str) -> None:
+    """A benchmark's JSON record and markdown report side by side (stem + .json / .md), each written whole."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), record)
+    write_text(stem.with_suffix(".md"), markdown)

@@ -16,7 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from llama_lora import tracking
+from llama_lora import recipe, tracking
 from llama_lora.batching import MODES, default_batching
 from llama_lora.batching import refusal as batching_refusal
 
@@ -31,7 +31,6 @@ MODEL_ALIASES = {
     "llama-3.1-70b-instruct": "meta-llama/Llama-3.1-70B-Instruct",
 }
 GPU_DEFAULT_MODEL = "llama-3.1-8b-instruct"
-CPU_DEMO_STEPS = 10
 DTYPES = ("bfloat16", "float16", "float32")
 DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "classification", "text")
 LOSS_ON = ("assistant", "last-assistant", "all")
@@ -120,8 +119,11 @@ class TrainConfig:
     )
     # recorded as configured: with --batching padding-free the trainer's own max_length is None (rows already fit)
     max_seq_length: int = _opt(2048, "Tokens per example; see --overlength for longer rows.")
-    batch_size: int = _opt(4, "Examples per device per forward pass (with --batching packed: packed rows).",
-                           recorded="training_args.per_device_train_batch_size")
+    batch_size: int | None = _opt(
+        None, "Examples per device per forward pass (with --batching packed: packed rows).",
+        auto=f"{recipe.DEMO['batch_size']} for the embedded model's demo, else {recipe.STANDARD['batch_size']}",
+        recorded="training_args.per_device_train_batch_size",
+    )
     batching: str | None = _opt(
         None, "How a batch is laid out. padded: each example in its own row, padded to the longest in the "
         "batch. padding-free: the batch's examples concatenated into one row with no padding, the same examples "
@@ -132,9 +134,17 @@ class TrainConfig:
         "CPU, the one mode both backends run there",
         choices=BATCHING,
     )
-    grad_accum: int = _opt(2, "Gradient accumulation steps (effective batch = batch-size x grad-accum).",
-                           recorded="training_args.gradient_accumulation_steps")
-    learning_rate: float = _opt(2e-4, "Peak learning rate.", recorded="training_args.learning_rate")
+    grad_accum: int | None = _opt(
+        None, "Gradient accumulation steps (effective batch = batch-size x grad-accum).",
+        auto=f"{recipe.DEMO['grad_accum']} for the embedded model's demo, else {recipe.STANDARD['grad_accum']}",
+        recorded="training_args.gradient_accumulation_steps",
+    )
+    learning_rate: float | None = _opt(
+        None, "Peak learning rate.",
+        auto=f"{recipe.DEMO['learning_rate']:g} for the embedded model's demo, else "
+             f"{recipe.STANDARD['learning_rate']:g} (the QLoRA paper's rate for 7B-13B models)",
+        recorded="training_args.learning_rate",
+    )
     lr_scheduler: str = _opt("linear", "Learning-rate schedule (any transformers scheduler name).",
                              recorded="training_args.lr_scheduler_type")
     warmup_ratio: float = _opt(0.05, "Share of the steps spent warming the learning rate up.",
@@ -150,14 +160,21 @@ class TrainConfig:
     epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps > 0).", recorded="steps")
     max_steps: int | None = _opt(
         None, "Stop after this many optimizer steps (-1: run --epochs).",
-        # A 2-core CPU trains the embedded model at about 100 tokens/s: one epoch of the bundled data
-        # would take 20+ minutes, 10 steps (80 dialogues) show the whole pipeline in a few.
-        auto=f"-1 with a CUDA GPU, {CPU_DEMO_STEPS} on CPU", recorded="steps"
+        # A 2-core CPU trains the embedded model at about 100 tokens/s: one epoch of the bundled data would take
+        # 20+ minutes; the demo's 60 small steps teach the style in about four (llama_lora/recipe.py).
+        auto=f"{recipe.DEMO['max_steps']} for the embedded model's demo; else -1 with a CUDA GPU, "
+             f"{recipe.CPU_SMOKE_STEPS} on CPU", recorded="steps"
     )
     seed: int = _opt(42, "Seed for LoRA init, data order and dropout.", recorded="training_args.seed")
     eval_fraction: float = _opt(
         0.1, "Share of the training rows held out for eval when the dataset has no eval split (0: no eval).",
         recorded="data.hash"
+    )
+    eval_steps: int | None = _opt(
+        None, "Evaluate the eval loss every N optimizer steps during training (the loss plot and metrics.json show "
+        "it next to the train loss); 0: only before and after training. Early stopping uses these evaluations, so with "
+        "it on this must equal --save-steps.",
+        auto=f"the planned steps / {recipe.EVAL_POINTS}, rounded up; with early stopping, --save-steps",
     )
     save_steps: int = _opt(
         100, "Save a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0: never. "
@@ -168,7 +185,7 @@ class TrainConfig:
     )
     keep_checkpoints: int = _opt(2, "How many of the latest checkpoints to keep.", computes=False)
     early_stopping_patience: int = _opt(
-        0, "Stop after this many evaluations (one per --save-steps) without a better eval loss, and keep the "
+        0, "Stop after this many evaluations (one every --eval-steps) without a better eval loss, and keep the "
         "best adapter; 0: off.",
     )
     samples: int = _opt(
@@ -319,21 +336,35 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
         dtype = cfg.dtype or ("bfloat16" if machine.cuda_bf16 else "float16")
     else:
         dtype = cfg.dtype or ("bfloat16" if machine.cpu_bf16 else "float32")
+    # batch size, accumulation, learning rate and steps come from the model's recipe unless given
+    defaults = recipe.recipe(model, EMBEDDED_MODEL, machine.cuda)
     resolved = dataclasses.replace(
         cfg,
         model=model,
         lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.r,
         load_in_4bit=cfg.load_in_4bit if cfg.load_in_4bit is not None else machine.cuda,
-        max_steps=cfg.max_steps if cfg.max_steps is not None else (-1 if machine.cuda else CPU_DEMO_STEPS),
+        **{name: getattr(cfg, name) if getattr(cfg, name) is not None else value for name, value in defaults.items()},
         batching=cfg.batching or default_batching(machine.cuda),
         dtype=dtype,
         output_dir=cfg.output_dir or str(OUTPUT_ROOT / backend),
     )
+    if resolved.eval_steps is None and (resolved.max_steps > 0 or resolved.early_stopping_patience):
+        # an epoch-based run's step count needs the data: with_eval_steps() resolves it once that is read
+        resolved = with_eval_steps(resolved, rows=0)
     validate(resolved, machine)
     refused = batching_refusal(resolved.batching, backend, machine.cuda, resolved.trust_remote_code)
     if refused:
         raise ConfigError(refused)
     return resolved
+
+
+def with_eval_steps(cfg: TrainConfig, rows: int, processes: int = 1) -> TrainConfig:
+    """The config with an "auto" --eval-steps resolved for `rows` training rows (unchanged when already set)."""
+    if cfg.eval_steps is not None:
+        return cfg
+    steps = recipe.planned_steps(cfg.max_steps, cfg.epochs, rows, cfg.batch_size, cfg.grad_accum, processes)
+    return dataclasses.replace(
+        cfg, eval_steps=recipe.default_eval_steps(steps, cfg.save_steps, cfg.early_stopping_patience > 0))
 
 
 def validate(cfg: TrainConfig, machine: Machine) -> None:
@@ -357,8 +388,13 @@ def validate(cfg: TrainConfig, machine: Machine) -> None:
         (cfg.samples >= 0, "--samples must be 0 (off) or positive"),
         (cfg.sample_max_tokens > 0, "--sample-max-tokens must be positive"),
         (cfg.early_stopping_patience >= 0, "--early-stopping-patience must be 0 (off) or positive"),
+        (cfg.eval_steps is None or cfg.eval_steps >= 0, "--eval-steps must be 0 (only before and after) or positive"),
         (cfg.early_stopping_patience == 0 or cfg.save_steps > 0,
-         "--early-stopping-patience evaluates every --save-steps steps, so it needs --save-steps > 0"),
+         "--early-stopping-patience keeps the best checkpoint, so it needs --save-steps > 0"),
+        # transformers would track a best step it never saved (the kept adapter would not be the best one)
+        (cfg.early_stopping_patience == 0 or cfg.eval_steps is None or cfg.eval_steps == cfg.save_steps,
+         ("--early-stopping-patience can keep only a checkpointed step, so it evaluates at every checkpoint: "
+          "--eval-steps must equal --save-steps")),
         (cfg.early_stopping_patience == 0 or cfg.keep_checkpoints >= 2,
          "--early-stopping-patience keeps the best checkpoint next to the latest: --keep-checkpoints must be >= 2"),
         (cfg.optim.find("8bit") < 0 or machine.cuda,

@@ -25,7 +25,7 @@ from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
 from llama_lora.batching import padding_preview
 from llama_lora.chat_template import ensure_chat_template
-from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record
+from llama_lora.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
 from llama_lora.data import prepare
 from llama_lora.errors import UsageError
 from llama_lora.plots import plot_loss
@@ -75,6 +75,8 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     check_tokenizer_fits(cfg, tokenizer, path)
     prepared = prepare(cfg, tokenizer)
     template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
+    # an epoch-based run's default --eval-steps depends on its step count, known now that the data is read
+    cfg = with_eval_steps(cfg, len(prepared.train.rows), distributed.world_size())
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     audit["batching"] = padding_preview(prepared.train.rows.kept_lengths(), cfg.batch_size, cfg.batching)
     is_main = distributed.is_main()
@@ -105,10 +107,8 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
         save_yaml(cfg, staging / "config.yaml")
         write_json(staging / "audit.json", audit)
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
-    if is_main and not torch.cuda.is_available():
-        steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
-        model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
-        print(f"No CUDA GPU found: training {model} on CPU for {steps} (--model and --max-steps change this).")
+    if is_main:
+        print(_start_notice(cfg))
     data_record = {
         "format": audit["format"],
         "hash": audit["hash"],
@@ -151,6 +151,16 @@ def _interrupted(staging: Path, stop: Interrupted) -> int:
         print(f"Interrupted: {stop}; checkpoint {checkpoint}\nRun the same command with --resume to continue "
               f"(exit status {EXIT_INTERRUPTED}).", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def _start_notice(cfg: TrainConfig) -> str:
+    """One line saying what will be trained, where, and with which resolved recipe."""
+    steps = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)"
+    model = "the embedded SmolLM2-135M-Instruct" if cfg.model == EMBEDDED_MODEL else cfg.model
+    where = "on the GPU" if torch.cuda.is_available() else "on CPU (no CUDA GPU found)"
+    evals = f", eval every {cfg.eval_steps} steps" if cfg.eval_steps else ""
+    return (f"Training {model} {where} for {steps}: batch {cfg.batch_size} x {cfg.grad_accum} accumulation, "
+            f"learning rate {cfg.learning_rate:g}{evals} (config.yaml records every value; flags change them).")
 
 
 def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
@@ -200,10 +210,13 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     is_main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
     step_log = StepLog(staging / "train_log.jsonl", resume_step, write=is_main)
+    if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
+        step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
+                          for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
     stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
     report_to = tracking.set_up(cfg.report_to, staging)
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to),
+        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to, bool(eval_rows)),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
         [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
     )
@@ -220,7 +233,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     if stop.stopped_at is not None:
         raise Interrupted(stop.stopped_at, stop.received)
     memory_after_training = measure.memory_snapshot()
-    eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
+    eval_after = _eval_after(trainer, step_log, cfg, bool(eval_rows))
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
     signalled = stop.after_training()  # then the samples wait: save what was trained within the grace period
@@ -232,7 +245,9 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     _save_adapter(trainer, model, staging, is_main)
     stop.release()
     per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
-    train_s = result.metrics["train_runtime"]
+    # the trainer's runtime includes its evaluations: training time and tokens/s leave them out
+    eval_s = sum(e["seconds"] or 0.0 for e in step_log.evals if e["step"] > resume_step)
+    train_s = result.metrics["train_runtime"] - eval_s
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
     tokens = int(trainer.state.num_input_tokens_seen)
     return run_record.new(
@@ -248,7 +263,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         # the main process's own device, and (under a launch) each process's, in rank order
         memory={"after_load": memory_after_load, "after_training": memory_after_training,
                 **({"per_process": per_process} if len(per_process) > 1 else {})},
-        runtime_s={"load": round(load_s, 2), "train": round(train_s, 2),
+        runtime_s={"load": round(load_s, 2), "train": round(train_s, 2), "eval_during_training": round(eval_s, 2),
                    "samples": sampled[0]["seconds"] if sampled else None},
         steps=trainer.state.global_step,
         resumed_from_step=resume_step or None,
@@ -256,7 +271,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         tokens={"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
         batching=_batching_record(cfg, model, trainer),
         final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
-        eval_loss={"before": eval_before, "after": eval_after},
+        eval_loss={"before": eval_before, "after": eval_after, "during": step_log.evals},
         samples=sampled[0] if sampled else None,
         **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
         early_stopping=_early_stopping_record(cfg, trainer, step_log),
@@ -278,6 +293,17 @@ def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, An
         "computed_tokens": computed,
         "padding_share": round(1 - counted["real"] / computed, 4) if computed else None,
     }
+
+
+def _eval_after(trainer: Any, step_log: StepLog, cfg: TrainConfig, has_eval: bool) -> float | None:
+    """Eval loss of the adapter being saved: the trainer's own evaluation at the last step when it made one (the
+    same weights), else a new one (also after early stopping, which reloads the best checkpoint)."""
+    if not has_eval:
+        return None
+    last = step_log.evals[-1] if step_log.evals else None
+    if last and last["step"] == trainer.state.global_step and not cfg.early_stopping_patience:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def _save_adapter(trainer: Any, model: Any, staging: Path, is_main: bool) -> None:
@@ -334,6 +360,9 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
         print(f"  data cache  {cache['path']}")
     if metrics.samples:
         style, n = metrics.samples["style"], metrics.samples["prompts"]
-        before, after = (round(style[when]["quick_check"] * n) for when in ("before", "after"))
-        print(f"  samples     'Quick check' endings {before}/{n} -> {after}/{n} on held-out prompts "
-              "(base -> tuned; samples.md)")
+        for i, (name, label) in enumerate((("quick_check", "'Quick check' endings"),
+                                           ("numbered_steps", "numbered steps"), ("stopped", "ends its turn"))):
+            before, after = (round(style[when][name] * n) for when in ("before", "after"))
+            head = "  samples     " if i == 0 else "              "
+            tail = " on held-out prompts (base -> tuned; samples.md)" if i == 0 else ""
+            print(f"{head}{label} {before}/{n} -> {after}/{n}{tail}")

@@ -74,7 +74,8 @@ class Processes(_Part):
 
 class Runtime(_Part):
     load: float | None = None
-    train: float | None = None
+    train: float | None = None  # without the evaluations during training
+    eval_during_training: float | None = None
     samples: float | None = None
     total: float | None = None
 
@@ -87,6 +88,7 @@ class Tokens(_Part):
 class EvalLoss(_Part):
     before: float | None = None
     after: float | None = None
+    during: list[dict[str, Any]] | None = None  # {step, eval_loss, seconds} every --eval-steps
 
 
 class RunRecord(_Part):

@@ -35,9 +35,11 @@ RECORDED_ARGS = tuple(dict.fromkeys([
 ]))
 
 
-def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | str = "none") -> SFTConfig:
+def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | str = "none",
+                     has_eval: bool = False) -> SFTConfig:
     """The SFTConfig for a run: the same object, field for field, for both backends."""
     early_stopping = cfg.early_stopping_patience > 0
+    evaluate = has_eval and bool(cfg.eval_steps)
     return SFTConfig(
         output_dir=str(output_dir),
         # what is trained on; packing and padding_free explicit for every mode: Unsloth would otherwise
@@ -71,11 +73,11 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
         fp16=cfg.dtype == "float16",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # bookkeeping: log every step; evaluate before and after ourselves (and every --save-steps for early
-        # stopping); checkpoints every --save-steps hold optimizer, scheduler, RNG and data position for --resume
+        # bookkeeping: log every step; evaluate before training ourselves, and every --eval-steps (early stopping
+        # uses these); checkpoints every --save-steps hold optimizer, scheduler, RNG and data position for --resume
         logging_steps=1,
-        eval_strategy="steps" if early_stopping else "no",
-        eval_steps=cfg.save_steps if early_stopping else None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps if evaluate else None,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=max(cfg.save_steps, 1),
         save_total_limit=cfg.keep_checkpoints,
@@ -123,15 +125,16 @@ class StepLog(TrainerCallback):
         self.started = time.perf_counter()
         self.training = False  # evaluations before and after training are not the trainer's own
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_end(self, args, state, control, **kwargs):
         self.training = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_loss" in logs and self.training:
-            self.evals.append({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+            self.evals.append({"step": state.global_step, "eval_loss": logs["eval_loss"],
+                               "seconds": logs.get("eval_runtime")})
         if not logs or "loss" not in logs:
             return
         bad = [name for name in ("loss", "grad_norm") if logs.get(name) is not None

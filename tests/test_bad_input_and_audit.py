@@ -54,7 +54,7 @@ def test_dry_run_prints_audit_and_marked_example_and_writes_nothing(peft_cli, ti
     assert "[[Multiplying by 3 means adding three copies." in result.stdout
     assert "Quick check: What is 7 times 3?<|im_end|>]]" in result.stdout
     assert "Dry run: no model weights loaded" in result.stdout
-    assert ", batch 4: expected padding " in result.stdout  # predicted before any weight loads
+    assert ", batch 2: expected padding " in result.stdout  # predicted before any weight loads
     assert not (tmp_path / "runs").exists()
 
 

@@ -19,7 +19,7 @@ def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: floa
         "dtype": "float32", "device": {"name": "cpu"}, "steps": len(losses),
         "data": {"hash": "abc"}, "config": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                                             "target_modules": ["q_proj"], "use_rslora": False, "use_dora": False,
-                                            "early_stopping_patience": 0, "max_seq_length": 2048,
+                                            "early_stopping_patience": 0, "eval_steps": 0, "max_seq_length": 2048,
                                             "batching": "padded"},
         "training_args": {"max_length": 2048, "packing": False, "padding_free": False, "gradient_checkpointing": True,
                           "optim": "adamw_torch_fused", "packing_strategy": "bfd", "learning_rate": 2e-4, "lr_scheduler_type": "linear",

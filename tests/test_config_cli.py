@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from llama_lora.backend import Backend, lora_settings
 from llama_lora.cli import build_cli
-from llama_lora.config import (ALL_LINEAR, ConfigError, Machine, TrainConfig, build, load_yaml, resolve,
-                               save_yaml)
-
-from conftest import REPO
+from llama_lora.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, load_yaml, resolve, save_yaml
 
 CPU = Machine(cuda=False, cpu_bf16=False)
 GPU = Machine(cuda=True, cuda_bf16=True)
@@ -53,7 +51,7 @@ def test_cpu_machine_defaults_to_embedded_smollm2_in_16bit():
 
 
 def test_cpu_machine_defaults_to_a_short_demo_run_and_gpu_to_full_epochs():
-    assert resolve(TrainConfig(), "peft", CPU).max_steps == 10
+    assert resolve(TrainConfig(), "peft", CPU).max_steps == 60  # the embedded model's demo (test_recipe.py)
     assert resolve(TrainConfig(), "peft", GPU).max_steps == -1
     assert resolve(build({"max_steps": -1}), "peft", CPU).max_steps == -1
 
@@ -109,7 +107,7 @@ def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path: Path):
     code, cfg, output = capture_cli("--config", str(path), "--r", "32", "--model", "smollm2")
     assert code == 0, output
     assert (cfg.r, cfg.learning_rate, cfg.seed) == (32, 0.001, 7)
-    assert cfg.batch_size == TrainConfig().batch_size
+    assert cfg.grad_accum == resolve(build({"model": "smollm2"}), "peft", CPU).grad_accum  # untouched: the default
 
 
 def test_saved_config_replays_the_same_resolved_run(tmp_path: Path):

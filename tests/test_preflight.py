@@ -42,7 +42,7 @@ def test_max_seq_length_above_the_models_positions_is_refused(smollm2_path):
 @pytest.mark.parametrize("values, message", [
     ({"optim": "paged_adamw_8bit"}, "--optim paged_adamw_8bit needs a CUDA GPU"),
     ({"dtype": "float16"}, "--dtype float16 needs a CUDA GPU"),
-    ({"early_stopping_patience": 2, "save_steps": 0}, "--early-stopping-patience evaluates every --save-steps"),
+    ({"early_stopping_patience": 2, "save_steps": 0}, "--early-stopping-patience keeps the best checkpoint"),
     ({"early_stopping_patience": 2, "keep_checkpoints": 1}, "--keep-checkpoints must be >= 2"),
     ({"save_steps": -5}, "--save-steps must be 0"),
     ({"lora_dropout": 1.0}, r"--lora-dropout must be in \[0, 1\)"),
@@ -74,7 +74,8 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
     monkeypatch.setattr(measure, "gpu_peak_and_total_gb", lambda: (77.9, 79.6))  # the GPU we do not have
     cli = build_cli(Backend(name="peft", title="PEFT", load=load))
     out = tmp_path / "runs" / "peft"
-    result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8"])
+    result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8",
+                                      "--grad-accum", "2"])
     assert result.exit_code == 1, result.output
     assert "peak 77.9 GB allocated of 79.6 GB" in result.stderr and "--batch-size 4 --grad-accum 4" in result.stderr
     record = read_metrics(tmp_path / "runs" / ".peft.partial")

@@ -47,9 +47,9 @@ def test_every_compared_path_is_a_field_of_the_record_and_set_in_a_real_run(old_
     record = run_record.read(old_run)
     for path in [*FAIRNESS.values(), *REPORT_PATHS]:
         assert run_record.has_path(path), path
-    # the fixture predates --batching (and the trainer's packing strategy it sets); a current run records them, which
-    # tests/test_end_to_end.py checks on real runs of both backends
-    added_since = {"config.batching", "training_args.packing_strategy"}
+    # the fixture predates --batching (and the trainer's packing strategy it sets) and --eval-steps; a current run
+    # records them, which tests/test_end_to_end.py checks on real runs of both backends
+    added_since = {"config.batching", "training_args.packing_strategy", "config.eval_steps"}
     assert [path for path in FAIRNESS.values() if record.value(path) is None and path not in added_since] == []
     assert not run_record.has_path("memory.after_training.cpu_peak_rss_gb")  # old names only read, never asked
 
