@@ -132,6 +132,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
               f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
               staging / "loss_curve.png")
+    tracking.finish(cfg.report_to)  # before the rename: a tracker still writing would write to the old path
     run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)
@@ -358,6 +359,8 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     cache = (metrics.data or {}).get("cache") or {}
     if cache.get("path", "off") != "off":
         print(f"  data cache  {cache['path']}")
+    for command in tracking.look_at((metrics.config or {}).get("report_to", "none"), output_dir):
+        print(f"  tracking    {command}")
     if metrics.samples:
         style, n = metrics.samples["style"], metrics.samples["prompts"]
         for i, (name, label) in enumerate((("quick_check", "'Quick check' endings"),

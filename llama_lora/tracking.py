@@ -27,6 +27,15 @@ TRACKERS = {
 }
 
 
+# how to look at each tracker's files in a finished run folder, or sync them later (the run summary prints these)
+LOOK_AT = {
+    "tensorboard": "tensorboard --logdir {run}/tensorboard",
+    "wandb": "wandb sync {run}/wandb/offline-run-*",
+    "mlflow": "mlflow ui --backend-store-uri {run}/mlruns",
+    "trackio": "TRACKIO_DIR={run}/trackio trackio show",
+}
+
+
 def parse(value: str) -> tuple[str, ...]:
     """The trackers a --report-to value names ("none" or "" names none)."""
     names = tuple(name.strip() for name in value.split(",") if name.strip())
@@ -50,7 +59,9 @@ def offline_environment(names: tuple[str, ...], run_dir: Path) -> dict[str, str]
     """The environment variables that keep each tracker offline and its files inside the run folder."""
     wanted = {
         "tensorboard": {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")},
-        "wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(run_dir)},
+        # silent: W&B's own closing lines name the staging folder, which the run folder replaces; the run summary
+        # prints the sync command with the run folder's path
+        "wandb": {"WANDB_MODE": "offline", "WANDB_DIR": str(run_dir), "WANDB_SILENT": "true"},
         "mlflow": {"MLFLOW_TRACKING_URI": (run_dir / "mlruns").resolve().as_uri()},
         "trackio": {"TRACKIO_DIR": str(run_dir / "trackio")},
     }
@@ -97,3 +108,20 @@ def config_callback(record: dict[str, Any], trainer: Any) -> Any:
                 trackio.config.update({"llama_lora": record}, allow_val_change=True)
 
     return ResolvedConfig()
+
+
+def finish(value: str) -> None:
+    """End the W&B run before the staging folder is renamed into the run folder: transformers ends MLflow's and
+    Trackio's runs when training ends, but leaves W&B's open until the process exits, and its last files would then
+    be written to the staging folder's old path."""
+    if "wandb" in parse(value):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+
+def look_at(value: str, run_dir: Path) -> list[str]:
+    """The commands that show (or, for W&B, sync) each tracker's files of a finished run."""
+    return [LOOK_AT[name].format(run=run_dir) for name in parse(value)]

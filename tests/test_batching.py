@@ -18,7 +18,7 @@ import batching_probe
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO, load_script
+from conftest import REPO, dialogue, load_script, read_metrics, write_jsonl
 
 from llama_lora.batching import check_effective, computed_tokens, expected_padding_share, padded_share
 from llama_lora.cli import build_cli
@@ -28,6 +28,11 @@ from llama_lora.errors import UsageError
 CLEAN_TOLERANCE = 1e-4
 CONTAMINATION_FLOOR = 0.1
 LOSS_TOLERANCE = 1e-5
+# A packed epoch (21 steps of about 3 examples) and a padded one (16 steps of 4) on the same data end at eval losses
+# 0.0431 and 0.0307 after a drop of 1.169 from 1.200: 1.1% of the drop apart (fp32, CPU, 2026-11-27). Different step
+# compositions move the end of the curve a little; 5% of the drop leaves room for that, not for an epoch that
+# learned less (the same run at packed batch 4, 6 steps, ends 19% of the drop behind).
+PACKED_EVAL_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,33 @@ def test_packing_keeps_every_label_mask_token_by_token(peft_model, smollm2_path,
     assert sorted(packed_targets) == sorted(padded_targets) == sorted(tuple(r["labels"][1:]) for r in rows)
     assert set(boundary) == {-100}
     assert len(packed.get_train_dataloader()) < len(padded.get_train_dataloader())  # fewer, fuller steps
+
+
+def _epoch_run(data: Path, out: Path, mode: str, batch_size: int) -> dict:
+    """One epoch of the data through the PEFT entry script in the given batching mode; its metrics.json."""
+    result = subprocess.run(
+        [sys.executable, "lora_peft_finetuning.py", "--dataset", str(data), "--output-dir", str(out),
+         "--batching", mode, "--max-steps", "-1", "--epochs", "1", "--batch-size", str(batch_size), "--grad-accum", "1",
+         "--learning-rate", "1e-3", "--r", "8", "--dtype", "float32", "--max-seq-length", "256",
+         "--eval-fraction", "0.2", "--eval-steps", "0", "--save-steps", "0", "--samples", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_metrics(out)
+
+
+@pytest.mark.slow
+def test_a_packed_epoch_trains_every_token_once_and_learns_what_a_padded_epoch_learns(tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", [dialogue(f"What is {a} times 3?", f"1. {a} + {a} = {2 * a}.\n"
+                                                          f"2. {2 * a} + {a} = {3 * a}.") for a in range(2, 82)])
+    # a packed row of 256 tokens holds about 3.6 of these 70-token examples: one packed row per step carries about
+    # as many examples as a padded batch of 4, so both runs take about as many optimizer steps of about as much data
+    padded = _epoch_run(data, tmp_path / "padded", "padded", batch_size=4)
+    packed = _epoch_run(data, tmp_path / "packed", "packed", batch_size=1)
+    # an epoch is one pass over the examples in both modes: the same tokens, each once (none cut, none repeated)
+    assert packed["tokens"]["non_padding_seen"] == padded["tokens"]["non_padding_seen"]
+    assert packed["data"]["train"] == padded["data"]["train"] and packed["data"]["hash"] == padded["data"]["hash"]
+    assert packed["batching"]["padding_share"] == 0.0 < padded["batching"]["padding_share"]
+    # learning what padded batches learn: eval loss after the epoch within PACKED_EVAL_TOLERANCE of the padded run's
+    drop = padded["eval_loss"]["before"] - padded["eval_loss"]["after"]
+    assert packed["eval_loss"]["before"] == pytest.approx(padded["eval_loss"]["before"], rel=1e-6)
+    assert abs(packed["eval_loss"]["after"] - padded["eval_loss"]["after"]) <= PACKED_EVAL_TOLERANCE * drop

@@ -1,4 +1,4 @@
-"""The PEFT entry script runs unchanged under `accelerate launch` with the shipped DDP config: on CPU, two
+"""Both entry scripts run unchanged under `accelerate launch` with the shipped DDP config: on CPU, two
 processes talk over gloo. Two processes with --grad-accum 1 must train exactly what one process with
 --grad-accum 2 trains, write the run folder once, and a failure on one process must end the launch and be
 recorded once."""
@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import REPO, dialogue, read_metrics, write_jsonl
@@ -103,6 +106,77 @@ def test_two_processes_train_what_one_process_with_double_accumulation_trains(la
     assert trained and all(theirs[name].abs().max() > 0 for name in trained)  # B starts at zero: it moved
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=RELATIVE_TOLERANCE, atol=1e-7)
+
+
+def test_unsloth_under_a_ddp_launch_trains_what_one_unsloth_process_with_double_accumulation_trains(data):
+    # The README says the Unsloth backend runs the same DDP launch: the same check as the PEFT launch above, on
+    # Unsloth's own loader and CPU loss, against Unsloth alone (its figures differ from PEFT's by up to 0.1%).
+    launched, single = data.parent / "unsloth-two-processes", data.parent / "unsloth-one-process"
+    two = run([*LAUNCH, "lora_unsloth_finetuning.py", "--dataset", str(data), "--output-dir", str(launched),
+               *FLAGS, "--grad-accum", "1"], timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = run([sys.executable, "lora_unsloth_finetuning.py", "--dataset", str(data), "--output-dir", str(single),
+               *FLAGS, "--grad-accum", "2"])
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    assert read_metrics(launched)["processes"] == {"count": 2, "fsdp": False}
+    assert two.stdout.count("Saved adapter and run record") == 1
+    logged = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+              for folder in (launched, single)]
+    for a, b in zip(*logged, strict=True):
+        assert a["tokens_seen"] == b["tokens_seen"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=RELATIVE_TOLERANCE)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=RELATIVE_TOLERANCE)
+    ours, theirs = (load_file(folder / "adapter_model.safetensors") for folder in (launched, single))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=RELATIVE_TOLERANCE, atol=1e-7)
+
+
+def _rank_process(launcher: psutil.Process, rank: int) -> psutil.Process | None:
+    """The launched training process with this RANK, once it exists."""
+    for child in launcher.children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "lora_peft_finetuning.py" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:  # a helper process that ended meanwhile
+            continue
+    return None
+
+
+def test_sigterm_to_one_process_stops_every_process_after_the_same_step_with_one_checkpoint(data, tmp_path):
+    # Pre-emption may reach one node's process first: the other must stop after the same step, or the checkpoint
+    # would mix two steps' states (and the launch would hang in the next all-reduce).
+    out = tmp_path / "terminated"
+    staging = out.with_name(f".{out.name}.partial")
+    args = [*LAUNCH, "lora_peft_finetuning.py", "--dataset", str(data), "--output-dir", str(out),
+            *FLAGS, "--grad-accum", "1", "--max-steps", "8"]  # the later --max-steps wins
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with (tmp_path / "launch.log").open("w+") as log:
+        launcher = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 600
+        while not (staging / "train_log.jsonl").exists() or not (staging / "train_log.jsonl").read_text():
+            assert launcher.poll() is None, "the launch ended before it could be signalled"
+            assert time.time() < deadline
+            time.sleep(0.2)
+        second = _rank_process(psutil.Process(launcher.pid), 1)
+        assert second is not None
+        second.send_signal(signal.SIGTERM)  # only process 1 is told
+        launcher.wait(timeout=600)
+        log.seek(0)
+        output = log.read()
+    assert "SIGTERM received: finishing the current step" in output
+    record = read_metrics(staging)
+    step = record["interrupted_at_step"]
+    assert record["status"] == "interrupted" and 1 <= step < 8, output[-3000:]
+    # the main process, which writes the record, was not signalled itself: it stopped because process 1 was
+    assert record["reason"] == f"stopped on a signal to another process of the launch after step {step}"
+    assert [json.loads(line)["step"] for line in (staging / "train_log.jsonl").read_text().splitlines()] == list(
+        range(1, step + 1))
+    # one checkpoint, of that step, complete: every process saved the same step
+    checkpoint = staging / "checkpoints" / f"checkpoint-{step}"
+    assert [p.name for p in (staging / "checkpoints").glob("checkpoint-*")] == [checkpoint.name]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert not out.exists()
 
 
 def test_a_failure_on_one_process_ends_the_launch_and_is_recorded_once(data, tmp_path):

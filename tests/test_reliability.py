@@ -1,16 +1,19 @@
 """A run survives what real runs meet: a SIGKILL mid-way (resume gives the same result), a SIGTERM (pre-emption:
-checkpoint, stop, resume), a NaN loss, an existing run folder, early stopping, and a planted hub token that must
-never reach a file or a log."""
+checkpoint, stop, resume), a NaN loss (also under --overwrite: the old run stays), an existing run folder, pruned
+checkpoints and --resume from a named one or with changed options, early stopping, and a planted hub token that
+must never reach a file or a log."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -46,7 +49,7 @@ def uninterrupted(tmp_path_factory, smollm2_path) -> tuple[Path, subprocess.Comp
     data = write_jsonl(root / "data.jsonl", [dialogue(f"What is {a} + {a}?", f"1. Double it.\n2. {2 * a}.")
                                              for a in range(40)])
     # --report-to changes nothing that is computed (the other runs here compare with this one without it)
-    result = run(command(data, root / "straight", "--report-to", "tensorboard"))
+    result = run(command(data, root / "straight", "--report-to", "tensorboard,wandb"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "straight", result
 
@@ -58,6 +61,30 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def wandb_records(run_file: Path) -> list[Any]:
+    """The records of an offline W&B run file (`run-*.wandb`), in order. W&B ships no reader for it (`wandb sync`
+    uploads it); the file is a 7-byte W&B header, then LevelDB's log format (32 KiB blocks of chunks, each with a
+    7-byte header: CRC, length, kind full/first/middle/last), each record a protobuf `Record` of wandb's own."""
+    from wandb.proto import wandb_internal_pb2
+
+    block, data = 32768, run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4) and pending:  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
 
 
 @pytest.mark.parametrize("script", ["lora_peft_finetuning.py", "lora_unsloth_finetuning.py"])
@@ -171,6 +198,26 @@ def test_tensorboard_holds_the_train_logs_figures_step_for_step_and_the_resolved
     assert "report_to: tensorboard" in config and "max_steps: 6" in config
 
 
+def test_wandb_logs_offline_inside_the_run_folder_the_train_logs_figures_step_for_step(uninterrupted):
+    straight, result = uninterrupted
+    (run_file,) = straight.glob("wandb/offline-run-*/run-*.wandb")  # one offline run, inside the run folder
+    records = wandb_records(run_file)
+    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+               for record in records if record.WhichOneof("record_type") == "history"]
+    steps = {entry["train/global_step"]: entry for entry in history if "train/loss" in entry}
+    logged = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert sorted(steps) == [entry["step"] for entry in logged]
+    for entry in logged:
+        assert steps[entry["step"]]["train/loss"] == pytest.approx(entry["loss"], rel=1e-6)
+        assert steps[entry["step"]]["train/grad_norm"] == pytest.approx(entry["grad_norm"], rel=1e-6)
+    config = {item.key: json.loads(item.value_json) for record in records
+              if record.WhichOneof("record_type") == "config" for item in record.config.update}
+    assert config["llama_lora"]["max_steps"] == 6 and config["llama_lora"]["report_to"] == "tensorboard,wandb"
+    assert records[-1].WhichOneof("record_type") == "exit"  # the W&B run was finished, not cut off
+    assert not straight.with_name(f".{straight.name}.partial").exists()  # nothing written after the rename
+    assert f"tracking    wandb sync {straight}/wandb/offline-run-*" in result.stdout
+
+
 def test_a_completed_run_is_not_overwritten_without_the_flag(uninterrupted):
     straight, _ = uninterrupted
     before = (straight / "adapter_model.safetensors").read_bytes()
@@ -179,22 +226,62 @@ def test_a_completed_run_is_not_overwritten_without_the_flag(uninterrupted):
     assert (straight / "adapter_model.safetensors").read_bytes() == before
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted):
+def test_a_failed_overwrite_keeps_the_old_run_and_its_last_good_checkpoint(uninterrupted):
     straight, _ = uninterrupted
     out = straight.parent / "nan"
+    shutil.copytree(straight, out)  # a completed run that --overwrite is asked to replace
+    old = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
     # Adam moves every weight by about the learning rate: 1e20 overflows the activations within a few steps.
-    result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "1e20"))
+    result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "1e20", "--overwrite"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Training stopped: the " in result.stderr and "Lower --learning-rate" in result.stderr
     staging = out.with_name(".nan.partial")
     record = read_metrics(staging)
     assert record["status"] == "failed"
     assert "became nan" in record["reason"] or "became inf" in record["reason"]
-    assert not out.exists()
+    # the old run is replaced only by a completed one: every file as it was
+    assert {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()} == old
     # the checkpoint kept predates the bad step: everything it logged is finite
     state = json.loads((Path(record["last_checkpoint"]) / "trainer_state.json").read_text())
     logged = [entry[key] for entry in state["log_history"] for key in ("loss", "grad_norm") if key in entry]
     assert logged and torch.isfinite(torch.tensor(logged)).all()
+
+
+def test_old_checkpoints_are_pruned_and_resume_refuses_changes_or_takes_the_checkpoint_named(uninterrupted):
+    straight, _ = uninterrupted
+    data = straight.parent / "data.jsonl"
+    out = straight.parent / "pruned"
+    staging = out.with_name(f".{out.name}.partial")
+    # a checkpoint every step, the latest 2 kept (both options are bookkeeping: the losses stay the straight run's)
+    args = command(data, out, "--save-steps", "1", "--keep-checkpoints", "2")
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len((staging / "train_log.jsonl").read_text().splitlines() if (staging / "train_log.jsonl").exists()
+              else []) < 3:
+        assert process.poll() is None, "the run ended before it could be signalled"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=600) == 75
+    step = read_metrics(staging)["interrupted_at_step"]
+    assert 3 <= step < 6
+    checkpoints = staging / "checkpoints"
+    kept = sorted(p.name for p in checkpoints.glob("checkpoint-*"))  # (TRL writes its model card beside them)
+    assert kept == [f"checkpoint-{step - 1}", f"checkpoint-{step}"]
+
+    before = {p.relative_to(staging): p.read_bytes() for p in staging.rglob("*") if p.is_file()}
+    refused = run([*args, "--resume", "--learning-rate", "5e-4"])
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "--resume with other options than the interrupted run: learning_rate: 0.001 -> 0.0005" in refused.stderr
+    assert {p.relative_to(staging): p.read_bytes() for p in staging.rglob("*") if p.is_file()} == before
+
+    earlier = checkpoints / f"checkpoint-{step - 1}"  # not the latest: that step is trained again, once
+    resumed = run([*args, "--resume", str(earlier)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = read_metrics(out)
+    assert metrics["resumed_from_step"] == step - 1 and metrics["steps"] == 6
+    assert [entry["step"] for entry in metrics["loss_history"]] == [1, 2, 3, 4, 5, 6]
+    assert losses(out) == pytest.approx(losses(straight), rel=1e-5)
 
 
 def test_the_hub_token_never_reaches_a_file_or_a_log(uninterrupted):
