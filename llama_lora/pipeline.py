@@ -132,7 +132,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
               f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
               staging / "loss_curve.png")
-    tracking.finish(cfg.report_to)  # before the rename: a tracker still writing would write to the old path
+    tracking.finish(cfg.report_to)  # before the rename: a completed run folder gets no more writes
     run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(output_dir, staging)
     _print_summary(metrics, output_dir)

@@ -112,8 +112,8 @@ def config_callback(record: dict[str, Any], trainer: Any) -> Any:
 
 def finish(value: str) -> None:
     """End the W&B run before the staging folder is renamed into the run folder: transformers ends MLflow's and
-    Trackio's runs when training ends, but leaves W&B's open until the process exits, and its last files would then
-    be written to the staging folder's old path."""
+    Trackio's runs when training ends, but leaves W&B's open until the process exits, which would write its last
+    records into a run folder that already looked complete."""
     if "wandb" in parse(value):
         import wandb
 

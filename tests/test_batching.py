@@ -210,6 +210,9 @@ def test_a_packed_epoch_trains_every_token_once_and_learns_what_a_padded_epoch_l
     assert packed["tokens"]["non_padding_seen"] == padded["tokens"]["non_padding_seen"]
     assert packed["data"]["train"] == padded["data"]["train"] and packed["data"]["hash"] == padded["data"]["hash"]
     assert packed["batching"]["padding_share"] == 0.0 < padded["batching"]["padding_share"]
+    # packed, not merely padding-free: a step of one row held several whole examples (21 steps for 64 examples)
+    assert packed["steps"] <= packed["data"]["train"]["rows"] / 2
+    assert packed["batching"]["examples_kept_apart_by"] == "position_ids restarting per example"
     # learning what padded batches learn: eval loss after the epoch within PACKED_EVAL_TOLERANCE of the padded run's
     drop = padded["eval_loss"]["before"] - padded["eval_loss"]["after"]
     assert packed["eval_loss"]["before"] == pytest.approx(padded["eval_loss"]["before"], rel=1e-6)

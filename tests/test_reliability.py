@@ -214,6 +214,9 @@ def test_wandb_logs_offline_inside_the_run_folder_the_train_logs_figures_step_fo
               if record.WhichOneof("record_type") == "config" for item in record.config.update}
     assert config["llama_lora"]["max_steps"] == 6 and config["llama_lora"]["report_to"] == "tensorboard,wandb"
     assert records[-1].WhichOneof("record_type") == "exit"  # the W&B run was finished, not cut off
+    # and finished before the run completed: its file was last written before metrics.json, the staging folder's
+    # last file (otherwise W&B writes into the run folder while the process exits, after it looked complete)
+    assert run_file.stat().st_mtime_ns <= (straight / "metrics.json").stat().st_mtime_ns
     assert not straight.with_name(f".{straight.name}.partial").exists()  # nothing written after the rename
     assert f"tracking    wandb sync {straight}/wandb/offline-run-*" in result.stdout
 
