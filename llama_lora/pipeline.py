@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from llama_lora import assets, distributed, measure, quiet, run_folder, run_record, samples, tracking
+from llama_lora import assets, distributed, measure, quantization, quiet, run_folder, run_record, samples, tracking
 from llama_lora.atomic_files import write_json, write_text
 from llama_lora.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
@@ -204,6 +204,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
     model = backend.load(cfg, path)
+    quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()
 
