@@ -69,8 +69,8 @@ def parameter_counts(model: Any) -> dict[str, Any]:
             "linear_4bit_layers": linear_4bit}
 
 
-def gpu_peak_and_total_gb() -> tuple[float, float]:
-    """Peak allocated and total memory of GPU 0 (zeros without CUDA), for the out-of-memory message."""
+def gpu_peak_and_total_gib() -> tuple[float, float]:
+    """Peak allocated and total memory of GPU 0 in GiB (zeros without CUDA), for the out-of-memory message."""
     if not torch.cuda.is_available():
         return 0.0, 0.0
     return torch.cuda.max_memory_allocated() / GIB, torch.cuda.get_device_properties(0).total_memory / GIB

@@ -172,7 +172,7 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     """
     where = f"[process {distributed.rank()} of {distributed.world_size()}] " if distributed.world_size() > 1 else ""
     if isinstance(err, torch.cuda.OutOfMemoryError):
-        message = oom_advice(cfg, *measure.gpu_peak_and_total_gb())
+        message = oom_advice(cfg, *measure.gpu_peak_and_total_gib())
     elif isinstance(err, NonFiniteLoss):
         message = (f"Training stopped: {err}. Lower --learning-rate (now {cfg.learning_rate:g}) or check the data "
                    "for broken rows.")

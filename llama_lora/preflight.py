@@ -50,7 +50,7 @@ def linear_module_names(config: Any) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name in linear_layers(meta_model(config))}
 
 
-def oom_advice(cfg: TrainConfig, peak_gb: float, total_gb: float) -> str:
+def oom_advice(cfg: TrainConfig, peak_gib: float, total_gib: float) -> str:
     """What to change after a CUDA out-of-memory error, most effective first, as concrete flags."""
     steps = []
     if not cfg.load_in_4bit:
@@ -64,6 +64,6 @@ def oom_advice(cfg: TrainConfig, peak_gb: float, total_gb: float) -> str:
         steps.append(f"--max-seq-length {cfg.max_seq_length // 2} (check the audit for how many rows that drops)")
     if "8bit" not in cfg.optim:
         steps.append("--optim paged_adamw_8bit (smaller optimizer state)")
-    lines = [f"CUDA ran out of memory: peak {peak_gb:.1f} GB allocated of {total_gb:.1f} GB on the GPU.",
+    lines = [f"CUDA ran out of memory: peak {peak_gib:.1f} GiB allocated of {total_gib:.1f} GiB on the GPU.",
              "Try, in this order:"] + [f"  {step}" for step in steps]
     return "\n".join(lines)

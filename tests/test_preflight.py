@@ -58,8 +58,8 @@ def test_contradictory_or_out_of_range_flags_are_refused_before_loading(values: 
 def test_oom_advice_names_the_peak_and_concrete_next_settings():
     cfg = TrainConfig(load_in_4bit=False, batch_size=4, grad_accum=2, max_seq_length=4096,
                       gradient_checkpointing=False)
-    advice = oom_advice(cfg, peak_gb=78.3, total_gb=79.6)
-    assert advice.splitlines()[:2] == ["CUDA ran out of memory: peak 78.3 GB allocated of 79.6 GB on the GPU.",
+    advice = oom_advice(cfg, peak_gib=78.3, total_gib=79.6)
+    assert advice.splitlines()[:2] == ["CUDA ran out of memory: peak 78.3 GiB allocated of 79.6 GiB on the GPU.",
                                        "Try, in this order:"]
     assert [line.split(" (")[0].strip() for line in advice.splitlines()[2:]] == [
         "--load-in-4bit", "--batch-size 2 --grad-accum 4", "--gradient-checkpointing", "--max-seq-length 2048",
@@ -71,13 +71,13 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
     def load(cfg, path):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(measure, "gpu_peak_and_total_gb", lambda: (77.9, 79.6))  # the GPU we do not have
+    monkeypatch.setattr(measure, "gpu_peak_and_total_gib", lambda: (77.9, 79.6))  # the GPU we do not have
     cli = build_cli(Backend(name="peft", title="PEFT", load=load))
     out = tmp_path / "runs" / "peft"
     result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8",
                                       "--grad-accum", "2"])
     assert result.exit_code == 1, result.output
-    assert "peak 77.9 GB allocated of 79.6 GB" in result.stderr and "--batch-size 4 --grad-accum 4" in result.stderr
+    assert "peak 77.9 GiB allocated of 79.6 GiB" in result.stderr and "--batch-size 4 --grad-accum 4" in result.stderr
     record = read_metrics(tmp_path / "runs" / ".peft.partial")
     assert record["status"] == "failed" and record["reason"].startswith("CUDA ran out of memory")
     assert not out.exists()
