@@ -176,7 +176,7 @@ class Scorer:
     def __init__(self, first: Path, max_new_tokens: int):
         from llama_lora.config import build, load_yaml
         from llama_lora.data import prepare
-        from llama_lora.inference import Sampling, active, generate, load_base, load_tokenizer, read_run, stop_ids
+        from llama_lora.inference import Sampling, generate, load_base, load_tokenizer, read_run, stop_ids
         from llama_lora.samples import held_out, style_shares
 
         self.base = load_base(read_run(first))
@@ -184,7 +184,7 @@ class Scorer:
         rows = prepare(build(load_yaml(first / "config.yaml")), self.tokenizer).eval.rows
         self.items = held_out(rows, len(rows), self.tokenizer, stop_ids(self.base, self.tokenizer))
         self.sampling = Sampling(max_new_tokens=max_new_tokens)
-        self._generate, self._active, self._shares = generate, active, style_shares
+        self._generate, self._shares = generate, style_shares
         self.reference = style_shares([item.reference for item in self.items])
         answers = self.answers(self.base)
         self.base_shares, self.base_first = style_shares(answers), answers[0].text

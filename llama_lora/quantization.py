@@ -21,8 +21,8 @@ def nf4_config(dtype: Any, fsdp: bool = False) -> Any:
     )
 
 
-def keep_4bit_layers_trainable(model: Any) -> int:
-    """Keep bitsandbytes' CPU inference layout off every 4-bit layer; returns how many layers were set.
+def keep_4bit_layers_trainable(model: Any) -> None:
+    """Keep bitsandbytes' CPU inference layout off every 4-bit layer.
 
     bitsandbytes 0.50 moves a Linear4bit's weight into an AVX512-BF16 inference layout on its first forward in eval
     mode without gradients on such a CPU (the eval loss before training is one), and from then on that layer's
@@ -30,7 +30,6 @@ def keep_4bit_layers_trainable(model: Any) -> int:
     down_proj) then train on a partial gradient, or, while every LoRA B is still zero, on none. GPUs never take
     that path; the setting only costs CPU inference speed.
     """
-    layers = [module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu")]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

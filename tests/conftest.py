@@ -32,6 +32,19 @@ def read_metrics(folder: Path) -> dict:
     return record.dump()
 
 
+def wait_for_logged_steps(process, staging: Path, steps: int = 1, timeout: float = 600) -> None:
+    """Wait until a running training process has logged `steps` steps in its staging folder's train_log.jsonl
+    (fails if the process ends first or the timeout passes)."""
+    import time
+
+    log = staging / "train_log.jsonl"
+    deadline = time.time() + timeout
+    while len(log.read_text().splitlines() if log.exists() else []) < steps:
+        assert process.poll() is None, "the run ended before it logged enough steps to be signalled"
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+
 def another_value(value):
     """Another value of the same kind: what a run that set this option differently would record."""
     if isinstance(value, bool) or value is None:

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
-from conftest import REPO, dialogue, read_metrics, write_jsonl
+from conftest import REPO, dialogue, read_metrics, wait_for_logged_steps, write_jsonl
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -153,11 +152,7 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step_with_one
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with (tmp_path / "launch.log").open("w+") as log:
         launcher = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 600
-        while not (staging / "train_log.jsonl").exists() or not (staging / "train_log.jsonl").read_text():
-            assert launcher.poll() is None, "the launch ended before it could be signalled"
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_for_logged_steps(launcher, staging)
         second = _rank_process(psutil.Process(launcher.pid), 1)
         assert second is not None
         second.send_signal(signal.SIGTERM)  # only process 1 is told

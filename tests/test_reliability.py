@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, read_metrics
+from conftest import REPO, read_metrics, wait_for_logged_steps
 
 pytestmark = pytest.mark.slow
 
@@ -132,11 +132,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_resume_neither_repeats_nor_l
     args = command(data, out, "--save-steps", "4")
     with (straight.parent / "terminated.log").open("w+") as log:
         process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 600
-        while not (staging / "train_log.jsonl").exists() or not (staging / "train_log.jsonl").read_text():
-            assert process.poll() is None, "the run ended before it could be signalled"
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_for_logged_steps(process, staging)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=600) == 75  # EXIT_INTERRUPTED, documented in the README
         log.seek(0)
@@ -258,12 +254,7 @@ def test_old_checkpoints_are_pruned_and_resume_refuses_changes_or_takes_the_chec
     # a checkpoint every step, the latest 2 kept (both options are bookkeeping: the losses stay the straight run's)
     args = command(data, out, "--save-steps", "1", "--keep-checkpoints", "2")
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while len((staging / "train_log.jsonl").read_text().splitlines() if (staging / "train_log.jsonl").exists()
-              else []) < 3:
-        assert process.poll() is None, "the run ended before it could be signalled"
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_for_logged_steps(process, staging, steps=3)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=600) == 75
     step = read_metrics(staging)["interrupted_at_step"]
