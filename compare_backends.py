@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from llama_lora.compare import compare, load_run, to_markdown, write_report
-from llama_lora.config import OUTPUT_ROOT
+from llama_lora.run.compare import compare, load_run, to_markdown, write_report
+from llama_lora.options.config import OUTPUT_ROOT
 
 REPO = Path(__file__).resolve().parent
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}

@@ -2,8 +2,8 @@
 
     python lora_peft_finetuning.py                 # GPU: Llama 3.1 8B Instruct, QLoRA; CPU: embedded SmolLM2
     python lora_peft_finetuning.py --r 16 --max-steps 30 --no-load-in-4bit
-    accelerate launch --config_file accelerate/ddp.yaml lora_peft_finetuning.py        # several GPUs (DDP)
-    accelerate launch --config_file accelerate/fsdp_qlora.yaml lora_peft_finetuning.py # 4-bit base sharded
+    accelerate launch --config_file configs/accelerate/ddp.yaml lora_peft_finetuning.py        # several GPUs (DDP)
+    accelerate launch --config_file configs/accelerate/fsdp_qlora.yaml lora_peft_finetuning.py # 4-bit base sharded
 
 Only `load` differs from lora_unsloth_finetuning.py; config, data, trainer and records are shared.
 """
@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from llama_lora.backend import Backend, lora_settings
-from llama_lora.cli import build_cli
-from llama_lora.config import TrainConfig
+from llama_lora.train.cli import build_cli
+from llama_lora.options.config import TrainConfig
 
 
 def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
     """from_pretrained's keyword arguments: NF4 4-bit or 16-bit, on this process's device, or for FSDP-QLoRA none."""
     import torch
 
-    from llama_lora.quantization import nf4_config
+    from llama_lora.model.quantization import nf4_config
 
     dtype = getattr(torch, cfg.dtype)
     quantization = nf4_config(dtype, fsdp) if cfg.load_in_4bit else None

@@ -1,7 +1,7 @@
 """Fine-tune a LoRA/QLoRA adapter with Unsloth's FastLanguageModel.
 
     python lora_unsloth_finetuning.py --r 16       # GPU: Llama 3.1 8B Instruct, QLoRA; CPU: embedded SmolLM2
-    accelerate launch --config_file accelerate/ddp.yaml lora_unsloth_finetuning.py   # several GPUs (DDP only)
+    accelerate launch --config_file configs/accelerate/ddp.yaml lora_unsloth_finetuning.py   # several GPUs (DDP only)
 
 Only `load` differs from lora_peft_finetuning.py; config, data, trainer and records are shared.
 Unsloth is imported here and nowhere else: it patches transformers, TRL and PEFT when imported.
@@ -13,20 +13,20 @@ import os
 import sys
 
 from llama_lora.backend import Backend, lora_settings
-from llama_lora.cli import build_cli
-from llama_lora.config import TrainConfig
+from llama_lora.train.cli import build_cli
+from llama_lora.options.config import TrainConfig
 
 FSDP_REFUSED = (
     "error: the Unsloth backend runs in one process or under DDP (accelerate launch --config_file "
-    "accelerate/ddp.yaml); FSDP launches are not supported with it here. For FSDP-QLoRA (a 4-bit base sharded "
-    "across GPUs) use the PEFT backend: accelerate launch --config_file accelerate/fsdp_qlora.yaml "
+    "configs/accelerate/ddp.yaml); FSDP launches are not supported with it here. For FSDP-QLoRA (a 4-bit base sharded "
+    "across GPUs) use the PEFT backend: accelerate launch --config_file configs/accelerate/fsdp_qlora.yaml "
     "lora_peft_finetuning.py"
 )
 
 
 def refuse_fsdp() -> None:
     """Stop before anything loads under an FSDP launch: Unsloth 2026.10.9 shards models through its own FSDP2 path
-    (UNSLOTH_FSDP2), not the FSDP1 + bnb quant-storage set-up accelerate/fsdp_qlora.yaml describes, and this
+    (UNSLOTH_FSDP2), not the FSDP1 + bnb quant-storage set-up configs/accelerate/fsdp_qlora.yaml describes, and this
     project has not verified it. DDP is supported: Unsloth puts each process's model on cuda:<LOCAL_RANK>."""
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         print(FSDP_REFUSED, file=sys.stderr)

@@ -75,7 +75,7 @@ def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, sys
              max_new_tokens: int, temperature: float, top_p: float, seed: int, stream: bool, no_adapter: bool,
              base_model: str | None) -> None:
     """Answer prompts with the run's base model + adapter, using its chat template."""
-    from llama_lora import inference
+    from llama_lora.use import inference
 
     with usage_errors():
         conversations = [[{"role": "user", "content": p}] for p in prompts]
@@ -112,8 +112,8 @@ def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float,
     Type a message and press Enter; /reset forgets the conversation, /system TEXT sets the system prompt,
     /exit (or Ctrl-D) ends. Works with piped input too.
     """
-    from llama_lora import inference
-    from llama_lora.chat import HELP, Conversation, command
+    from llama_lora.use import inference
+    from llama_lora.use.chat import HELP, Conversation, command
 
     with usage_errors():
         info = inference.read_run(run, base_model)
@@ -164,8 +164,8 @@ def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | N
 
     A QLoRA run's base is dequantized from NF4 first, so the adapter lands on the weights it trained with.
     """
-    from llama_lora import inference
-    from llama_lora import merge as merging
+    from llama_lora.use import inference
+    from llama_lora.export import merge as merging
 
     with usage_errors():
         info = inference.read_run(run, base_model)
@@ -187,7 +187,7 @@ def swap(runs: tuple[Path, ...], prompt: str, max_new_tokens: int) -> None:
 
     The base loads once; switching is peft's set_adapter / disable_adapter, no weights reload.
     """
-    from llama_lora import inference
+    from llama_lora.use import inference
 
     with usage_errors():
         infos = [inference.read_run(run) for run in runs]
@@ -227,7 +227,7 @@ def _adapter_names(runs: tuple[Path, ...]) -> list[str]:
 @BASE
 def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> None:
     """Portability: will the adapter serve in vLLM, does plain PEFT load it, does Unsloth compute the same?"""
-    from llama_lora import adapter_checks, inference
+    from llama_lora.use import adapter_checks, inference
 
     with usage_errors():
         info = inference.read_run(run, base_model)
@@ -265,7 +265,7 @@ def unsloth_logits(run: Path, dtype: str) -> list[Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "logits.safetensors"
-        result = subprocess.run([sys.executable, str(REPO / "unsloth_logits.py"), str(run), str(out),
+        result = subprocess.run([sys.executable, str(REPO / "scripts/unsloth_logits.py"), str(run), str(out),
                                  "--dtype", dtype], capture_output=True, text=True)
         if result.returncode != 0:
             raise click.ClickException(f"Unsloth could not load {run}:\n{result.stderr[-2000:]}")
@@ -274,7 +274,7 @@ def unsloth_logits(run: Path, dtype: str) -> list[Any]:
 
 
 # GGUF export for llama.cpp / Ollama works from files alone; its command lives beside its logic
-from llama_lora.gguf_command import export_gguf  # noqa: E402
+from llama_lora.export.gguf import export_gguf  # noqa: E402
 
 cli.add_command(export_gguf, name="gguf")
 

@@ -9,7 +9,7 @@ trainer's first step on a tiny random Llama model with the Llama 3 vocabulary (n
 process start to that step, peak RSS of each process, and the private memory the data adds to a process.
 
 Writes `--rows` synthetic multi-turn conversations (OpenAI messages format) to a temporary JSONL file, then
-times each stage of `llama_lora.data` exactly as a training run uses it: read the file, format the rows,
+times each stage of `llama_lora.data.prepare` exactly as a training run uses it: read the file, format the rows,
 render + tokenize + mask (once per worker count), apply the over-length policy. Tokenizer: the real Llama 3
 tokenizer (with the Llama 3.1 chat template this project supplies) and optionally the embedded SmolLM2's.
 """
@@ -32,9 +32,9 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_lora.data import apply_length_policy, tokenize_examples
-from llama_lora.formats import DEFAULT_ROLE_MAP, to_examples
-from llama_lora.sources import read_file
+from llama_lora.data.prepare import apply_length_policy, tokenize_examples
+from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.sources import read_file
 
 WORDS = ("the", "model", "learns", "a", "step", "at", "a", "time", "and", "checks", "each", "answer", "before", "it", "moves", "on", "to", "the", "next", "idea", "while", "numbers", "fractions", "energy", "cells", "rivers", "grammar", "history", "and", "code", "all", "appear", "in", "the", "lessons")
 
@@ -64,8 +64,8 @@ def iter_synthetic_rows(n: int, seed: int = 0, fast: bool = False):
 def llama3_tokenizer():
     from transformers import AutoTokenizer
 
-    from llama_lora.chat_template import ensure_chat_template
-    from llama_lora.llama3_tokenizer import llama31_tokenizer_dir
+    from llama_lora.data.chat_template import ensure_chat_template
+    from llama_lora.model.llama3_tokenizer import llama31_tokenizer_dir
 
     tokenizer = AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
     ensure_chat_template(tokenizer)
@@ -75,7 +75,7 @@ def llama3_tokenizer():
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from llama_lora.assets import smollm2_dir
+    from llama_lora.model.assets import smollm2_dir
 
     return AutoTokenizer.from_pretrained(smollm2_dir())
 
@@ -166,9 +166,9 @@ def peak_rss_gb() -> float:
 
 def measure_phase(phase: str, data: Path, cache_dir: Path, max_seq_length: int) -> dict:
     """One fresh process: prepare the data as a run does (cold: builds the cache); warm: go on to the first step."""
-    from llama_lora.audit import build_audit
-    from llama_lora.config import TrainConfig
-    from llama_lora.data import prepare
+    from llama_lora.data.audit import build_audit
+    from llama_lora.options.config import TrainConfig
+    from llama_lora.data.prepare import prepare
 
     tokenizer = llama3_tokenizer()
     cfg = TrainConfig(dataset=str(data), model="llama3-tokenizer", data_cache=str(cache_dir),
@@ -196,7 +196,7 @@ def first_step_seconds(cfg, tokenizer, prepared) -> float:
     """Seconds from process start to the trainer's first optimizer step, on a tiny random Llama (Llama 3 vocab)."""
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-    from llama_lora.training import build_sft_config, make_trainer, to_dataset
+    from llama_lora.train.trainer import build_sft_config, make_trainer, to_dataset
 
     class FirstStep(TrainerCallback):
         at = None

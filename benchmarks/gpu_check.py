@@ -187,7 +187,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def read_metrics(folder: Path) -> dict[str, Any]:
     """A run folder's metrics.json through the typed run record (current key names); OSError when it has none."""
-    from llama_lora import run_record
+    from llama_lora.run import run_record
 
     record = run_record.read(folder)
     if record is None:
@@ -246,7 +246,7 @@ def train_step(runner: Runner, run: Run) -> Step:
 
 def non_lora_tensors(folder: Path) -> list[str]:
     """Tensor names in the adapter that are not LoRA weights (for example resized embedding matrices)."""
-    from llama_lora.adapter_checks import tensor_names
+    from llama_lora.use.adapter_checks import tensor_names
 
     return [name for name in tensor_names(folder) if "lora_" not in name]
 

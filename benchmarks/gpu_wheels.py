@@ -196,14 +196,14 @@ def travelling_tree() -> int:
 
 
 def gguf_size() -> int:
-    from llama_lora.assets import SMOLLM2_PACKAGE, package_dir
+    from llama_lora.model.assets import SMOLLM2_PACKAGE, package_dir
 
     return (package_dir(SMOLLM2_PACKAGE) / GGUF_NAME).stat().st_size
 
 
 def split_model(first: int) -> str:
     """The embedded model's GGUF in two parts (part 1: `first` bytes); returns its SHA-256."""
-    from llama_lora.assets import SMOLLM2_PACKAGE, package_dir
+    from llama_lora.model.assets import SMOLLM2_PACKAGE, package_dir
 
     data = (package_dir(SMOLLM2_PACKAGE) / GGUF_NAME).read_bytes()
     digest = hashlib.sha256(data).hexdigest()

@@ -30,7 +30,7 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama_lora.samples import STYLE_CHECKS
+from llama_lora.train.samples import STYLE_CHECKS
 
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
 
@@ -174,10 +174,10 @@ class Scorer:
     seed nor the backend), then by each run's adapter, all through plain transformers + PEFT."""
 
     def __init__(self, first: Path, max_new_tokens: int):
-        from llama_lora.config import build, load_yaml
-        from llama_lora.data import prepare
-        from llama_lora.inference import Sampling, generate, load_base, load_tokenizer, read_run, stop_ids
-        from llama_lora.samples import held_out, style_shares
+        from llama_lora.options.config import build, load_yaml
+        from llama_lora.data.prepare import prepare
+        from llama_lora.use.inference import Sampling, generate, load_base, load_tokenizer, read_run, stop_ids
+        from llama_lora.train.samples import held_out, style_shares
 
         self.base = load_base(read_run(first))
         self.tokenizer = load_tokenizer(first)

@@ -31,8 +31,8 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama_lora import run_record  # after the path insert; light: pydantic, no torch
-from llama_lora.compare import relative_differences
+from llama_lora.run import run_record  # after the path insert; light: pydantic, no torch
+from llama_lora.run.compare import relative_differences
 
 SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
 
@@ -203,8 +203,8 @@ def build_model(folder: Path, cpu: bool) -> tuple[str, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from llama_lora.assets import smollm2_dir
-    from llama_lora.chat_template import ensure_chat_template
+    from llama_lora.model.assets import smollm2_dir
+    from llama_lora.data.chat_template import ensure_chat_template
 
     if cpu:
         path = str(smollm2_dir())
@@ -213,7 +213,7 @@ def build_model(folder: Path, cpu: bool) -> tuple[str, int]:
         path = str(folder)
         config = LlamaConfig(**LLAMA31_8B, torch_dtype="bfloat16")
         if not (folder / "config.json").exists():
-            from llama_lora.llama3_tokenizer import llama31_tokenizer_dir
+            from llama_lora.model.llama3_tokenizer import llama31_tokenizer_dir
 
             torch.manual_seed(0)
             with torch.device("cuda"):
@@ -247,9 +247,9 @@ def bundled_lengths() -> list[int]:
     """Token lengths of the bundled dialogues (SmolLM2's template, every row kept)."""
     from transformers import AutoTokenizer
 
-    from llama_lora.assets import smollm2_dir
-    from llama_lora.config import TrainConfig
-    from llama_lora.data import prepare
+    from llama_lora.model.assets import smollm2_dir
+    from llama_lora.options.config import TrainConfig
+    from llama_lora.data.prepare import prepare
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
     return [len(row["input_ids"]) for row in prepare(TrainConfig(eval_fraction=0), tokenizer).train.rows]

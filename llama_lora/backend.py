@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from llama_lora.config import TrainConfig
+    from llama_lora.options.config import TrainConfig
 
 # A peft.PeftModel around a causal LM. Tokenizers are loaded by the shared code, so both backends see
 # identical token ids.

@@ -16,9 +16,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_multi_gpu_env
-from conftest import REPO, load_script
+from helpers import REPO, load_script
 
-from llama_lora.config import Machine, TrainConfig, resolve
+from llama_lora.options.config import Machine, TrainConfig, resolve
 
 
 def launch_env(config_file: str) -> dict[str, str]:
@@ -30,15 +30,15 @@ def launch_env(config_file: str) -> dict[str, str]:
 
 
 def test_ddp_config_is_a_multi_gpu_launch():
-    config = load_config_from_file(str(REPO / "accelerate/ddp.yaml"))
+    config = load_config_from_file(str(REPO / "configs/accelerate/ddp.yaml"))
     assert config.distributed_type == DistributedType.MULTI_GPU and config.num_processes == 2
-    assert "ACCELERATE_USE_FSDP" not in launch_env("accelerate/ddp.yaml")
+    assert "ACCELERATE_USE_FSDP" not in launch_env("configs/accelerate/ddp.yaml")
 
 
 def test_fsdp_config_shards_a_qlora_model_the_way_peft_documents():
-    config = load_config_from_file(str(REPO / "accelerate/fsdp_qlora.yaml"))
+    config = load_config_from_file(str(REPO / "configs/accelerate/fsdp_qlora.yaml"))
     assert config.distributed_type == DistributedType.FSDP
-    env = launch_env("accelerate/fsdp_qlora.yaml")
+    env = launch_env("configs/accelerate/fsdp_qlora.yaml")
     assert env["ACCELERATE_USE_FSDP"] == "true"
     assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and env["FSDP_SYNC_MODULE_STATES"] == "true"
     assert env["FSDP_USE_ORIG_PARAMS"] == "false" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
@@ -65,6 +65,6 @@ def test_unsloth_backend_stops_at_once_under_an_fsdp_launch(tmp_path):
     result = subprocess.run([sys.executable, "lora_unsloth_finetuning.py", "--output-dir", str(tmp_path / "out")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
-    assert "FSDP launches are not supported" in result.stderr and "accelerate/fsdp_qlora.yaml" in result.stderr
+    assert "FSDP launches are not supported" in result.stderr and "configs/accelerate/fsdp_qlora.yaml" in result.stderr
     assert "Unsloth" not in result.stdout  # stopped before importing it (its banner) or loading anything
     assert list(tmp_path.iterdir()) == [] and time.perf_counter() - started < 60

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import dialogue, load_script, write_jsonl
+from helpers import dialogue, load_script, write_jsonl
 
-from llama_lora.audit import build_audit, percentiles, render_marked
-from llama_lora.config import TrainConfig
-from llama_lora.data import prepare
+from llama_lora.data.audit import build_audit, percentiles, render_marked
+from llama_lora.options.config import TrainConfig
+from llama_lora.data.prepare import prepare
 
 
 @pytest.fixture(scope="module")

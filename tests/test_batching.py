@@ -14,15 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import batching_probe
+from helpers import batching_probe
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO, dialogue, load_script, read_metrics, write_jsonl
+from helpers import REPO, dialogue, load_script, read_metrics, write_jsonl
 
-from llama_lora.batching import check_effective, computed_tokens, expected_padding_share, padded_share
-from llama_lora.cli import build_cli
-from llama_lora.config import ConfigError, Machine, TrainConfig, resolve
+from llama_lora.options.batching import check_effective, computed_tokens, expected_padding_share, padded_share
+from llama_lora.train.cli import build_cli
+from llama_lora.options.config import ConfigError, Machine, TrainConfig, resolve
 from llama_lora.errors import UsageError
 
 CLEAN_TOLERANCE = 1e-4
@@ -57,7 +57,7 @@ def test_peft_examples_in_one_row_score_exactly_as_alone_and_erased_boundaries_a
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Unsloth runs padding-free and packing on CUDA only")
 def test_unsloth_examples_in_one_row_score_exactly_as_alone_on_gpu(tmp_path):
     out = tmp_path / "unsloth.json"
-    subprocess.run([sys.executable, "tests/batching_probe.py", "unsloth", str(out)], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "tests/helpers/batching_probe.py", "unsloth", str(out)], cwd=REPO, check=True,
                    timeout=900)
     import json
 
@@ -124,8 +124,8 @@ def _cfg(smollm2_path: str, mode: str, **overrides) -> TrainConfig:
 
 
 def _trainer(model, smollm2_path: str, mode: str, rows: list, **overrides):
-    from llama_lora.pipeline import load_tokenizer
-    from llama_lora.training import build_sft_config, make_trainer, to_dataset
+    from llama_lora.train.pipeline import load_tokenizer
+    from llama_lora.train.trainer import build_sft_config, make_trainer, to_dataset
 
     tokenizer, _ = load_tokenizer(smollm2_path)
     args = build_sft_config(_cfg(smollm2_path, mode, **overrides), Path("/nonexistent"))
@@ -167,8 +167,8 @@ def _epoch_targets(trainer) -> tuple[int, list]:
 
 @pytest.mark.parametrize("loss_on", ["assistant", "all"])
 def test_packing_keeps_every_label_mask_token_by_token(peft_model, smollm2_path, smollm2_tokenizer, loss_on):
-    from llama_lora.data import tokenize_examples
-    from llama_lora.formats import Example
+    from llama_lora.data.prepare import tokenize_examples
+    from llama_lora.data.formats import Example
 
     examples = [Example(where=f"row {i}", messages=[{"role": "user", "content": f"Is {i} even?"},
                                                     {"role": "assistant", "content": "Yes." if i % 2 else "No."},

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from llama_lora.config import TrainConfig
-from llama_lora.data import load_examples
+from llama_lora.options.config import TrainConfig
+from llama_lora.data.prepare import load_examples
 
-from conftest import REPO
+from helpers import REPO
 
 FOLDER = REPO / "data" / "teacher_student"
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from llama_lora.chat_template import LLAMA31_CHAT_TEMPLATE, ensure_chat_template
-from llama_lora.data import IGNORE_INDEX, tokenize_examples
-from llama_lora.formats import Example
+from llama_lora.data.chat_template import LLAMA31_CHAT_TEMPLATE, ensure_chat_template
+from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
+from llama_lora.data.formats import Example
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import another_value, load_script
+from helpers import another_value, load_script
 
-from llama_lora.compare import FAIRNESS, PARITY_TOLERANCE, compare, fairness, load_run, loss_parity, write_report
+from llama_lora.run.compare import FAIRNESS, PARITY_TOLERANCE, compare, fairness, load_run, loss_parity, write_report
 
 
 def record(backend: str, losses: list[float], tokens_per_s: float, peak_gb: float, **changes) -> dict:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from helpers import REPO
 
 from llama_lora.backend import Backend, lora_settings
-from llama_lora.cli import build_cli
-from llama_lora.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, load_yaml, resolve, save_yaml
+from llama_lora.train.cli import build_cli
+from llama_lora.options.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, load_yaml, resolve, save_yaml
 
 CPU = Machine(cuda=False, cpu_bf16=False)
 GPU = Machine(cuda=True, cuda_bf16=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from llama_lora.config import TrainConfig
-from llama_lora.data import (DROP_OVERLENGTH, DROP_UNSUPERVISED, IGNORE_INDEX, apply_length_policy, data_hash,
+from llama_lora.options.config import TrainConfig
+from llama_lora.data.prepare import (DROP_OVERLENGTH, DROP_UNSUPERVISED, IGNORE_INDEX, apply_length_policy, data_hash,
                              prepare, tokenize_examples)
 from llama_lora.errors import DataError
-from llama_lora.formats import Example
+from llama_lora.data.formats import Example
 
-from conftest import dialogue, write_jsonl
+from helpers import dialogue, write_jsonl
 
 
 def cfg(dataset: Path | str, **overrides) -> TrainConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_lora.plots import eval_points, plot_loss
+from llama_lora.run.plots import eval_points, plot_loss
 
 
 def test_the_curve_runs_from_before_through_the_evaluations_to_after():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from llama_lora.errors import DataError
-from llama_lora.formats import (CLASSIFICATION_PROMPT, DEFAULT_ROLE_MAP, Example, class_labels, detect_format,
+from llama_lora.data.formats import (CLASSIFICATION_PROMPT, DEFAULT_ROLE_MAP, Example, class_labels, detect_format,
                                 parse_role_map, to_examples)
-from llama_lora.sources import Rows
+from llama_lora.data.sources import Rows
 
 U, A, S = "user", "assistant", "system"
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import load_script
+from helpers import load_script
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from llama_lora.chat_template import ensure_chat_template
-from llama_lora.data import tokenize_examples
+from llama_lora.data.chat_template import ensure_chat_template
+from llama_lora.data.prepare import tokenize_examples
 from llama_lora.errors import DataError
-from llama_lora.formats import DEFAULT_ROLE_MAP, class_labels, detect_format, to_examples
-from llama_lora.sources import read_file
+from llama_lora.data.formats import DEFAULT_ROLE_MAP, class_labels, detect_format, to_examples
+from llama_lora.data.sources import read_file
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

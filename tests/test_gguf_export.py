@@ -18,8 +18,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from llama_lora import gguf_export
-from llama_lora.gguf_command import export_gguf
+from llama_lora.export import gguf_writer
+from llama_lora.export.gguf import export_gguf
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
@@ -65,7 +65,7 @@ def smollm2_2layers(tmp_path_factory, smollm2_path) -> Path:
 @pytest.fixture(scope="module")
 def exported(smollm2_2layers, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("gguf")
-    return {t: gguf_export.export_model(smollm2_2layers, out, t, "SmolLM2-test") for t in ("f16", "q8_0")}
+    return {t: gguf_writer.export_model(smollm2_2layers, out, t, "SmolLM2-test") for t in ("f16", "q8_0")}
 
 
 def make_adapter(base: Path, folder: Path, use_rslora: bool = False):
@@ -88,7 +88,7 @@ def make_adapter(base: Path, folder: Path, use_rslora: bool = False):
 
 def test_f16_model_matches_llama_cpp_converter_output(exported, smollm2_2layers):
     """Same names, shapes, and values (to f16 precision) as llama.cpp's converter wrote for these weights."""
-    from llama_lora.assets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, package_dir
+    from llama_lora.model.assets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, package_dir
 
     reference = tensors(package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF)
     ours = tensors(exported["f16"])
@@ -113,8 +113,8 @@ def test_unpermuting_the_written_q_and_k_gives_back_the_hf_tensors(exported, smo
     q = np.asarray(ours["blk.1.attn_q.weight"].data, dtype=np.float32)
     k = np.asarray(ours["blk.1.attn_k.weight"].data, dtype=np.float32)
     source_q = hf["model.layers.1.self_attn.q_proj.weight"]
-    np.testing.assert_allclose(gguf_export.unpermute_qk(q, config["num_attention_heads"]), source_q, atol=4e-3)
-    np.testing.assert_allclose(gguf_export.unpermute_qk(k, config["num_key_value_heads"]),
+    np.testing.assert_allclose(gguf_writer.unpermute_qk(q, config["num_attention_heads"]), source_q, atol=4e-3)
+    np.testing.assert_allclose(gguf_writer.unpermute_qk(k, config["num_key_value_heads"]),
                                hf["model.layers.1.self_attn.k_proj.weight"], atol=4e-3)
     assert not np.allclose(q, source_q, atol=4e-3)  # the permutation really moved rows
 
@@ -138,7 +138,7 @@ def test_q8_0_dequantizes_close_to_the_source(exported, smollm2_2layers):
 
 
 def test_model_metadata_and_tokenizer_match_llama_cpp(exported):
-    from llama_lora.assets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, package_dir
+    from llama_lora.model.assets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, package_dir
 
     reference = fields(package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF)
     ours = fields(exported["f16"])
@@ -164,7 +164,7 @@ def test_llama31_architecture_gets_rope_factors_untied_output_and_llama3_tokeniz
     from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from llama_lora.chat_template import LLAMA31_CHAT_TEMPLATE, ensure_chat_template
+    from llama_lora.data.chat_template import LLAMA31_CHAT_TEMPLATE, ensure_chat_template
 
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -177,7 +177,7 @@ def test_llama31_architecture_gets_rope_factors_untied_output_and_llama3_tokeniz
     ensure_chat_template(tokenizer)
     tokenizer.save_pretrained(tmp_path / "model")
 
-    path = gguf_export.export_model(tmp_path / "model", tmp_path, "f16", "Llama-3.1-tiny")
+    path = gguf_writer.export_model(tmp_path / "model", tmp_path, "f16", "Llama-3.1-tiny")
     ours, meta = tensors(path), fields(path)
     assert {"rope_freqs.weight", "output.weight", "token_embd.weight"} <= set(ours)
     assert ours["rope_freqs.weight"].tensor_type == gguf.GGMLQuantizationType.F32
@@ -200,7 +200,7 @@ def test_llama31_architecture_gets_rope_factors_untied_output_and_llama3_tokeniz
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_lora_gguf_has_llama_cpp_names_shapes_alpha_and_the_same_update(smollm2_2layers, tmp_path, use_rslora):
     peft_model = make_adapter(smollm2_2layers, tmp_path / "adapter", use_rslora)
-    path = gguf_export.export_adapter(tmp_path / "adapter", smollm2_2layers, tmp_path, "tiny")
+    path = gguf_writer.export_adapter(tmp_path / "adapter", smollm2_2layers, tmp_path, "tiny")
     assert path.name == "tiny-F32-LoRA.gguf"
     meta, ours = fields(path), tensors(path)
     assert meta["general.architecture"] == "llama"
@@ -221,7 +221,7 @@ def test_lora_gguf_has_llama_cpp_names_shapes_alpha_and_the_same_update(smollm2_
         b = np.asarray(ours[f"blk.{block}.{module}.weight.lora_b"].data)
         delta = alpha / rank * (b @ a)
         if heads:
-            delta = gguf_export.unpermute_qk(delta, heads)
+            delta = gguf_writer.unpermute_qk(delta, heads)
         hf_module = {"attn_q": layers[block].self_attn.q_proj, "attn_k": layers[block].self_attn.k_proj,
                      "ffn_up": layers[block].mlp.up_proj}[module]
         np.testing.assert_allclose(delta, hf_module.get_delta_weight("default").detach().numpy(), atol=1e-6)
@@ -231,8 +231,8 @@ def test_adapter_with_dora_or_saved_modules_is_refused(tmp_path):
     config_file = tmp_path / "adapter_config.json"
     for field, value in [("use_dora", True), ("modules_to_save", ["lm_head"]), ("alpha_pattern", {"q_proj": 4})]:
         config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, field: value}
-        with pytest.raises(gguf_export.UsageError, match=field):
-            gguf_export.lora_alpha(config, config_file)
+        with pytest.raises(gguf_writer.UsageError, match=field):
+            gguf_writer.lora_alpha(config, config_file)
 
 
 # --- the command and the Modelfile ---------------------------------------------------------------------------
@@ -360,7 +360,7 @@ CONVERSATIONS = [
 @pytest.fixture(scope="module")
 def llama31_tokenizer(llama3_tokenizer):
     """The Llama 3 tokenizer with the project's Llama 3.1 template (a copy: the session's stays template-less)."""
-    from llama_lora.chat_template import ensure_chat_template
+    from llama_lora.data.chat_template import ensure_chat_template
 
     tokenizer = llama3_tokenizer.__class__.from_pretrained(llama3_tokenizer.name_or_path)
     ensure_chat_template(tokenizer)
@@ -370,8 +370,8 @@ def llama31_tokenizer(llama3_tokenizer):
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["user", "system", "multi-turn"])
 def test_llama31_modelfile_template_renders_the_prompt_the_model_was_trained_on(llama31_tokenizer, messages):
     tokenizer = llama31_tokenizer
-    fmt = gguf_export.chat_format(tokenizer)
-    modelfile = gguf_export.modelfile_text("m.gguf", "a.gguf", fmt, gguf_export.default_system_prompt(tokenizer))
+    fmt = gguf_writer.chat_format(tokenizer)
+    modelfile = gguf_writer.modelfile_text("m.gguf", "a.gguf", fmt, gguf_writer.default_system_prompt(tokenizer))
     assert fmt.name == "llama3.1" and 'PARAMETER stop "<|eot_id|>"' in modelfile and "SYSTEM" not in modelfile
     trained = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # llama.cpp adds <|begin_of_text|> itself (the GGUF says add_bos_token), so the template leaves it out
@@ -380,7 +380,7 @@ def test_llama31_modelfile_template_renders_the_prompt_the_model_was_trained_on(
 
 @pytest.mark.parametrize("messages", CONVERSATIONS[1:], ids=["system", "multi-turn"])
 def test_chatml_modelfile_template_renders_the_prompt_the_model_was_trained_on(smollm2_tokenizer, messages):
-    fmt = gguf_export.chat_format(smollm2_tokenizer)
-    modelfile = gguf_export.modelfile_text("m.gguf", None, fmt, None)
+    fmt = gguf_writer.chat_format(smollm2_tokenizer)
+    modelfile = gguf_writer.modelfile_text("m.gguf", None, fmt, None)
     trained = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert fmt.name == "chatml" and ollama_prompt(modelfile, messages) == trained

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, load_script
+from helpers import REPO, load_script
 
 gpu_wheels = load_script("benchmarks/gpu_wheels.py")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import load_script
+from helpers import load_script
 
 bench = load_script("benchmarks/learning.py")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from llama_lora import run_record
-from llama_lora.compare import FAIRNESS, ComparedRun, fairness
-from llama_lora.config import (
+from llama_lora.run import run_record
+from llama_lora.run.compare import FAIRNESS, ComparedRun, fairness
+from llama_lora.options.config import (
     CONFIG_FIELDS,
     Machine,
     TrainConfig,
@@ -24,7 +24,7 @@ from llama_lora.config import (
     value_type,
 )
 from llama_lora.errors import UsageError
-from llama_lora.run_folder import check_same_config
+from llama_lora.run.run_folder import check_same_config
 
 CPU = Machine(cuda=False)
 # a real run's record (see test_run_record.py)

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import read_metrics
+from helpers import read_metrics
 
-from llama_lora import measure
+from llama_lora.run import measure
 from llama_lora.backend import Backend
-from llama_lora.cli import build_cli
-from llama_lora.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, resolve
+from llama_lora.train.cli import build_cli
+from llama_lora.options.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, resolve
 from llama_lora.errors import UsageError
-from llama_lora.preflight import check_model, linear_module_names, oom_advice
+from llama_lora.model.preflight import check_model, linear_module_names, oom_advice
 
 CPU = Machine(cuda=False)
 
@@ -86,7 +86,7 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
 def test_pickled_weights_are_never_loaded(tmp_path: Path, smollm2_path):
     import shutil
 
-    from conftest import load_script
+    from helpers import load_script
 
     folder = tmp_path / "pickled"
     folder.mkdir()

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 from llama_lora import quiet
 

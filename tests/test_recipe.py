@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from llama_lora import recipe
-from llama_lora.config import ConfigError, Machine, TrainConfig, build, resolve, with_eval_steps
+from llama_lora.options import recipe
+from llama_lora.options.config import ConfigError, Machine, TrainConfig, build, resolve, with_eval_steps
 
 CPU = Machine(cuda=False, cpu_bf16=True)
 GPU = Machine(cuda=True, cuda_bf16=True)

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import another_value
+from helpers import another_value
 
-from llama_lora import run_folder
-from llama_lora.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
+from llama_lora.run import run_folder
+from llama_lora.options.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
 from llama_lora.errors import UsageError
 
 CONFIG = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))

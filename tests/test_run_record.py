@@ -1,4 +1,4 @@
-"""metrics.json is one typed record (llama_lora/run_record.py), written by the pipeline and read by compare,
+"""metrics.json is one typed record (llama_lora/run/run_record.py), written by the pipeline and read by compare,
 inference, the GGUF command, the benchmark and the tests. The fixture is the metrics.json of a real 2-step run
 of the embedded model by the code before the record had a version (main at f773af3: `lora_peft_finetuning.py
 --dataset <12 dialogues> --max-steps 2 --samples 0 --batch-size 2 --grad-accum 1 --eval-fraction 0.2
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from llama_lora import run_record
-from llama_lora.compare import FAIRNESS, REPORT_PATHS, load_run
+from llama_lora.run import run_record
+from llama_lora.run.compare import FAIRNESS, REPORT_PATHS, load_run
 from llama_lora.errors import UsageError
-from llama_lora.gguf_command import run_base_model
-from llama_lora.inference import read_run
+from llama_lora.export.gguf import run_base_model
+from llama_lora.use.inference import read_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_v1_main_f773af3.json"
 
@@ -48,7 +48,7 @@ def test_every_compared_path_is_a_field_of_the_record_and_set_in_a_real_run(old_
     for path in [*FAIRNESS.values(), *REPORT_PATHS]:
         assert run_record.has_path(path), path
     # the fixture predates --batching (and the trainer's packing strategy it sets) and --eval-steps; a current run
-    # records them, which tests/test_end_to_end.py checks on real runs of both backends
+    # records them, which tests/e2e/test_end_to_end.py checks on real runs of both backends
     added_since = {"config.batching", "training_args.packing_strategy", "config.eval_steps"}
     assert [path for path in FAIRNESS.values() if record.value(path) is None and path not in added_since] == []
     assert not run_record.has_path("memory.after_training.cpu_peak_rss_gb")  # old names only read, never asked

@@ -7,10 +7,10 @@ import ast
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
-SHARED = sorted((REPO / "llama_lora").glob("*.py"))
-# the scripts that run without Unsloth (use_adapter.py check --unsloth runs unsloth_logits.py in its own process)
+SHARED = sorted((REPO / "llama_lora").rglob("*.py"))
+# the scripts that run without Unsloth (use_adapter.py check --unsloth runs scripts/unsloth_logits.py in its own process)
 PLAIN_SCRIPTS = [REPO / name for name in ("lora_peft_finetuning.py", "compare_backends.py", "use_adapter.py")]
 
 
@@ -35,7 +35,7 @@ def test_importing_every_shared_module_leaves_unsloth_out_of_sys_modules():
     code = (
         "import importlib, importlib.util, pkgutil, sys\n"
         "import llama_lora\n"
-        "names = [m.name for m in pkgutil.iter_modules(llama_lora.__path__, 'llama_lora.')]\n"
+        "names = [m.name for m in pkgutil.walk_packages(llama_lora.__path__, 'llama_lora.')]\n"
         "for name in names:\n"
         "    importlib.import_module(name)\n"
         "spec = importlib.util.spec_from_file_location('peft_script', 'lora_peft_finetuning.py')\n"
@@ -45,5 +45,6 @@ def test_importing_every_shared_module_leaves_unsloth_out_of_sys_modules():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    # every module file was imported (__init__ excluded), and not one unsloth module came with them
+    # every module file was imported (the package's own __init__ excluded; a subpackage counts as its __init__),
+    # and not one unsloth module came with them
     assert result.stdout.strip().splitlines()[-1] == f"{len(SHARED) - 1} []"

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import dialogue, write_jsonl
+from helpers import dialogue, write_jsonl
 
-from llama_lora import token_cache
-from llama_lora.audit import build_audit
-from llama_lora.config import TrainConfig
-from llama_lora.data import data_hash, prepare
+from llama_lora.data import token_cache
+from llama_lora.data.audit import build_audit
+from llama_lora.options.config import TrainConfig
+from llama_lora.data.prepare import data_hash, prepare
 from llama_lora.errors import DataError
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import load_script, write_jsonl
+from helpers import load_script, write_jsonl
 
-from llama_lora.chat_template import ensure_chat_template, ensure_tool_template, renders_tools
-from llama_lora.config import TrainConfig
-from llama_lora.data import IGNORE_INDEX, prepare, tokenize_examples
+from llama_lora.data.chat_template import ensure_chat_template, ensure_tool_template, renders_tools
+from llama_lora.options.config import TrainConfig
+from llama_lora.data.prepare import IGNORE_INDEX, prepare, tokenize_examples
 from llama_lora.errors import DataError
-from llama_lora.formats import DEFAULT_ROLE_MAP, to_examples
-from llama_lora.sources import Rows
+from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.sources import Rows
 
 X = IGNORE_INDEX
 TOOLS = [{"name": "add"}]
@@ -168,7 +168,7 @@ def test_dry_run_shows_a_tool_calling_example_with_its_trained_spans(tmp_path: P
 
 
 def test_the_gguf_export_notes_that_its_modelfile_renders_no_tools(tmp_path: Path):
-    from llama_lora.gguf_command import trained_tool_rows
+    from llama_lora.export.gguf import trained_tool_rows
 
     (tmp_path / "audit.json").write_text(json.dumps({"splits": {"train": {"tool_calling_rows": 3},
                                                                 "eval": {"tool_calling_rows": 1}}}))

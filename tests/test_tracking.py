@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_config_cli import capture_cli
 
-from llama_lora import tracking
-from llama_lora.config import build
+from llama_lora.options import tracking
+from llama_lora.options.config import build
 
 
 @pytest.mark.parametrize("name", [name for name, (module, _) in tracking.TRACKERS.items()

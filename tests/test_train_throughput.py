@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import load_script
+from helpers import load_script
 
 bench = load_script("benchmarks/train_throughput.py")
 

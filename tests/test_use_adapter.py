@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import load_script
+from helpers import load_script
 
 use_adapter = load_script("use_adapter.py")
 
@@ -24,7 +24,7 @@ def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama_lora.config import Machine, TrainConfig, resolve, save_yaml
+    from llama_lora.options.config import Machine, TrainConfig, resolve, save_yaml
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
@@ -63,7 +63,7 @@ def test_greedy_generation_matches_a_plain_transformers_generate_of_base_plus_ad
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama_lora import inference
+    from llama_lora.use import inference
 
     model, tokenizer = inference.load_tuned(inference.read_run(two_runs[0]))
     ids = inference.chat_ids(tokenizer, [{"role": "user", "content": "Why is the sky blue?"}])
@@ -84,7 +84,7 @@ def test_sampling_is_reproducible_with_a_seed(two_runs):
 
 
 def test_chat_keeps_the_history_so_the_second_answer_sees_the_first_turn(two_runs, monkeypatch):
-    from llama_lora import inference
+    from llama_lora.use import inference
 
     shown: list[str] = []  # every prompt the model was given, as rendered text
     real_generate = inference.generate
@@ -152,8 +152,8 @@ def test_two_adapters_switch_on_one_base_without_reloading_it(two_runs, smollm2_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llama_lora import inference
-    from llama_lora.adapter_checks import logits, prompt_batch
+    from llama_lora.use import inference
+    from llama_lora.use.adapter_checks import logits, prompt_batch
 
     info = inference.read_run(two_runs[0])
     model = inference.load_adapters(info, {"a": two_runs[0], "b": two_runs[1]})
@@ -181,7 +181,7 @@ def test_swap_command_answers_with_each_adapter_and_the_base(two_runs):
 
 
 def test_check_warns_about_what_vllm_will_not_load(tmp_path, smollm2_path):
-    from llama_lora.adapter_checks import vllm_warnings
+    from llama_lora.use.adapter_checks import vllm_warnings
 
     plain = make_run(tmp_path / "plain", smollm2_path, seed=0)
     assert vllm_warnings(plain) == []

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import dialogue
+from helpers import dialogue
 
-from llama_lora.chat_template import ensure_chat_template
-from llama_lora.data import IGNORE_INDEX, tokenize_examples
+from llama_lora.data.chat_template import ensure_chat_template
+from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
 from llama_lora.errors import DataError
-from llama_lora.formats import DEFAULT_ROLE_MAP, to_examples
-from llama_lora.sources import Rows, read_file
+from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.sources import Rows, read_file
 
 ROW = dialogue("Why does ice float?", "It is less dense than water.")
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from llama_lora.backend import Backend
-from llama_lora.cli import build_cli
-from llama_lora.llama3_tokenizer import LLAMA31_VOCAB_SIZE, bundled_tokenizer_dir, llama31_tokenizer_dir
-from llama_lora.adapter_checks import vllm_warnings
+from llama_lora.train.cli import build_cli
+from llama_lora.model.llama3_tokenizer import LLAMA31_VOCAB_SIZE, bundled_tokenizer_dir, llama31_tokenizer_dir
+from llama_lora.use.adapter_checks import vllm_warnings
 
 
 @pytest.fixture(scope="module")

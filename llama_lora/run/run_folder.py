@@ -1,0 +1,121 @@
+"""The life of a run folder: a hidden staging folder while training (with checkpoints for --resume and a
+metrics.json whose status says running or failed), renamed into place only when complete.
+
+    llama-3.1-lora-finetuned/.peft.partial/   while running or after a crash: config.yaml, audit.json,
+                                              metrics.json {"status": "running" | "failed"}, train_log.jsonl,
+                                              checkpoints/checkpoint-<step>/
+    llama-3.1-lora-finetuned/peft/            only ever a completed run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
+from llama_lora.errors import UsageError
+
+CHECKPOINTS = "checkpoints"
+FAILURE_CLAIM = ".failure-recorded"
+# Options that may change between a crash and its resume: those declared not to change what is computed.
+RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
+
+
+def staging_dir(output_dir: Path) -> Path:
+    return output_dir.with_name(f".{output_dir.name}.partial")
+
+
+def read_status(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoints(staging: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (the trainer writes trainer_state.json last)."""
+    folders = (staging / CHECKPOINTS).glob("checkpoint-*")
+    complete = [f for f in folders if (f / "trainer_state.json").exists() and f.name.split("-")[-1].isdigit()]
+    return sorted(complete, key=lambda f: int(f.name.split("-")[-1]))
+
+
+def check_destination(output_dir: Path, options: RunOptions) -> None:
+    """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints."""
+    staging = staging_dir(output_dir)
+    if options.resume or options.overwrite:
+        return
+    if output_dir.exists() and any(output_dir.iterdir()):
+        status = read_status(output_dir) or "non-empty"
+        raise UsageError(f"{output_dir} already holds a {status} run; --overwrite replaces it (only once the new "
+                         "run completes), or choose another --output-dir")
+    saved = checkpoints(staging)
+    if saved:
+        raise UsageError(f"{staging} holds an interrupted run (latest checkpoint: {saved[-1].name}); --resume "
+                         "continues it, --overwrite discards it")
+
+
+def resume_checkpoint(staging: Path, resume: str) -> Path:
+    """The checkpoint --resume names: the latest complete one, or the folder given."""
+    if resume != "latest":
+        given = Path(resume)
+        if not (given / "trainer_state.json").exists():
+            raise UsageError(f"--resume {resume}: not a complete checkpoint folder (no trainer_state.json)")
+        return given
+    saved = checkpoints(staging)
+    if not saved:
+        raise UsageError(f"--resume: no checkpoint to resume from in {staging / CHECKPOINTS} "
+                         "(a run saves one every --save-steps steps)")
+    return saved[-1]
+
+
+def check_same_config(staging: Path, cfg: TrainConfig) -> None:
+    """A resumed run must train exactly what the interrupted one did."""
+    saved = yaml.safe_load((staging / "config.yaml").read_text())
+    now = to_record(cfg)
+    changed = [f"{name}: {saved.get(name)!r} -> {now[name]!r}" for name in now
+               if name not in RESUMABLE_CHANGES and saved.get(name) != now[name]]
+    if changed:
+        raise UsageError("--resume with other options than the interrupted run: " + "; ".join(changed))
+
+
+def reset_staging(staging: Path) -> None:
+    """An empty staging folder (an earlier attempt's leftovers are discarded)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+
+def claim_failure(staging: Path) -> bool:
+    """True for the first process of a launch to claim the failure record (an exclusive create), so a failure
+    that hits every process at once (a NaN loss) is still recorded once."""
+    try:
+        os.close(os.open(staging / FAILURE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def clear_failure_claim(staging: Path) -> None:
+    """A resumed attempt may fail again and must be able to record it."""
+    (staging / FAILURE_CLAIM).unlink(missing_ok=True)
+
+
+def finish(output_dir: Path, staging: Path) -> None:
+    """Drop the checkpoints and move the completed staging folder into place, replacing an older run."""
+    shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+    replace_folder(output_dir, staging)
+
+
+def replace_folder(dest: Path, staging: Path) -> None:
+    """Rename a finished staging folder to `dest`; an older `dest` is set aside first and removed only after."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        dest.rename(old)
+        staging.rename(dest)
+        shutil.rmtree(old)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)

@@ -1,0 +1,127 @@
+"""The command line both entry scripts share, generated from `TrainConfig` so flags cannot drift.
+
+Precedence: field defaults < `--config FILE` (YAML) < flags given on the command line.
+This module imports only click/yaml: the backend gets to run its import hook (Unsloth must patch
+transformers and TRL before they load) before `pipeline` pulls in the heavy libraries.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from click.core import ParameterSource
+
+from llama_lora import quiet
+from llama_lora.backend import Backend
+from llama_lora.options.config import (
+    CONFIG_FIELDS,
+    ConfigError,
+    RunOptions,
+    TrainConfig,
+    build,
+    detect_machine,
+    flag,
+    load_yaml,
+    resolve,
+    value_type,
+)
+
+
+def _show_default(name: str) -> bool | str:
+    """What `--help` prints as the default: the value itself, or what "auto" resolves to."""
+    auto = CONFIG_FIELDS[name].metadata["auto"]
+    return f"auto: {auto}" if auto else True
+
+
+def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One click option for one config field."""
+    spec = CONFIG_FIELDS[name]
+    help_text = spec.metadata["help"]
+    is_bool = value_type(name) is bool
+    if is_bool:
+        decls = [f"{flag(name)}/--no-{name.replace('_', '-')}"]
+    else:
+        decls = [flag(name)]
+    kind = {int: int, float: float}.get(value_type(name), str)
+    if spec.metadata["choices"]:
+        kind = click.Choice(spec.metadata["choices"])
+    return click.option(
+        *decls,
+        name,
+        default=spec.default if not isinstance(spec.default, tuple) else ",".join(spec.default),
+        type=None if is_bool else kind,
+        help=help_text,
+        show_default=_show_default(name),
+    )
+
+
+def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Path | None) -> TrainConfig:
+    """Merge defaults, the YAML file and the flags the user actually typed, in that order."""
+    values = load_yaml(config_file) if config_file else {}
+    for name, value in flags.items():
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            values[name] = value
+    return build(values)
+
+
+def train_with_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
+    """Train with the shared pipeline, after the backend's import hook."""
+    quiet.install()  # before any heavy import: most of the noise it drops is printed at import time
+    backend.before_heavy_imports()
+    from llama_lora.train.pipeline import train_adapter  # heavy: torch, transformers, trl
+
+    return train_adapter(cfg, backend, options)
+
+
+def build_cli(backend: Backend, train: Callable[..., int] = train_with_pipeline) -> click.Command:
+    """The click command for one backend; every backend gets the same options and help."""
+
+    def main(config_file: Path | None, dry_run: bool, plan: str | None, resume: str | None, overwrite: bool,
+             **flags: Any) -> None:
+        ctx = click.get_current_context()
+        try:
+            cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from err
+        if resume and overwrite:
+            raise click.UsageError("--resume continues the interrupted run, --overwrite starts over: pick one")
+        sys.exit(train(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan)))
+
+    for name in reversed(list(CONFIG_FIELDS)):
+        main = _option(name)(main)
+    main = click.option(
+        "--overwrite", is_flag=True, help="Replace a finished run folder, or discard an interrupted run's checkpoints.",
+    )(main)
+    main = click.option(
+        "--resume", is_flag=False, flag_value="latest", default=None, metavar="[CHECKPOINT]",
+        help="Continue an interrupted run from its latest checkpoint (or the checkpoint folder given): adapter, "
+             "optimizer, scheduler, RNG state and data position. Use the same options as the first attempt.",
+    )(main)
+    main = click.option(
+        "--plan", is_flag=False, flag_value="1", default=None, metavar="[N|ddp:N|fsdp:N]",
+        help="Print the GPU memory per process (weights, LoRA, gradients, optimizer, activations) for these options "
+             "and N processes (FSDP: weights sharded), from the model's config.json alone, and exit.",
+    )(main)
+    main = click.option(
+        "--dry-run", is_flag=True,
+        help="Read, format and audit the data, show one rendered example with its trained part marked, and "
+             "exit without loading model weights or writing anything.",
+    )(main)
+    main = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="YAML file of option values (e.g. a run's config.yaml); flags on the command line override it.",
+    )(main)
+    return click.command(
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+        help=(
+            f"Fine-tune a LoRA/QLoRA adapter with the {backend.title} backend.\n\n"
+            "With a CUDA GPU the default is Llama 3.1 8B Instruct in 4-bit (QLoRA); without one, the embedded "
+            "SmolLM2-135M-Instruct in 16-bit, so a run works on any machine. The run folder gets the adapter, "
+            "tokenizer, resolved config.yaml, metrics.json, train_log.jsonl and loss_curve.png."
+        ),
+    )(main)

@@ -1,0 +1,54 @@
+"""Load a run folder's adapter through Unsloth's own loader and save its logits on the fixed check prompts.
+
+    python scripts/unsloth_logits.py RUN_FOLDER OUT.safetensors [--dtype float32]
+
+`use_adapter.py check --unsloth` runs this in its own process (importing Unsloth patches transformers, TRL and
+PEFT, so it must never share a process with the plain-PEFT side it is compared with).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for llama_lora
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
+              help="Compute dtype (default: the run's).")
+def main(run: Path, out: Path, dtype: str | None) -> None:
+    """Logits of RUN's base + adapter as FastLanguageModel loads them, written to OUT (safetensors)."""
+    from llama_lora import quiet
+
+    quiet.install()
+    import unsloth  # noqa: F401  (first: it patches transformers and PEFT)
+    import torch
+    from safetensors.torch import save_file
+    from unsloth import FastLanguageModel
+
+    from llama_lora.errors import UsageError
+    from llama_lora.use.inference import load_tokenizer, read_run
+    from llama_lora.use.adapter_checks import logits, prompt_batch
+
+    try:
+        info = read_run(run)
+    except UsageError as err:
+        raise click.UsageError(str(err)) from err
+    # Unsloth reads adapter_config.json, loads the base it names and attaches the adapter with its own code path
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(run), dtype=getattr(torch, dtype or info.dtype), load_in_4bit=info.load_in_4bit,
+        use_safetensors=True,
+    )
+    FastLanguageModel.for_inference(model)
+    result = logits(model, prompt_batch(load_tokenizer(run)))  # the same token ids as the PEFT side
+    save_file({f"prompt_{i}": tensor.contiguous() for i, tensor in enumerate(result)}, str(out))
+    print(f"{type(model).__name__} with adapter from {run}: logits of {len(result)} prompts -> {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
