@@ -15,22 +15,28 @@ from pathlib import Path
 
 import click
 
-from llama_lora.run.compare import compare, load_run, to_markdown, write_report
+from llama_lora.backend import BACKENDS
 from llama_lora.options.config import OUTPUT_ROOT
+from llama_lora.run.compare import compare, load_run, to_markdown, write_report
 
 REPO = Path(__file__).resolve().parent
-SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
+
+
+def training_commands(root: Path, flags: tuple[str, ...]) -> dict[str, list[str]]:
+    """The command that trains each declared backend with the same flags into root/<backend>."""
+    if any(flag.split("=")[0] in ("--output-dir", "--dry-run") for flag in flags):
+        raise click.UsageError("--run chooses each backend's --output-dir itself (under --out); drop that flag")
+    return {name: [sys.executable, str(REPO / spec.script), *flags, "--output-dir", str(root / name)]
+            for name, spec in BACKENDS.items()}
 
 
 def train_both(root: Path, flags: tuple[str, ...]) -> dict[str, Path]:
     """Train each backend in its own process (Unsloth patches libraries on import) with the same flags."""
-    if any(flag.split("=")[0] in ("--output-dir", "--dry-run") for flag in flags):
-        raise click.UsageError("--run chooses each backend's --output-dir itself (under --out); drop that flag")
     folders = {}
-    for backend, script in SCRIPTS.items():
+    for backend, command in training_commands(root, flags).items():
         folders[backend] = root / backend
-        click.echo(f"\n=== training {backend}: {script.name} {' '.join(flags)} --output-dir {folders[backend]}")
-        code = subprocess.run([sys.executable, str(script), *flags, "--output-dir", str(folders[backend])]).returncode
+        click.echo(f"\n=== training {backend}: {Path(command[1]).name} {' '.join(command[2:])}")
+        code = subprocess.run(command).returncode
         if code != 0:
             raise click.ClickException(f"the {backend} run failed with exit status {code}; nothing compared")
     return folders

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_lora.backend import Backend, lora_settings
-from llama_lora.train.cli import build_cli
+from llama_lora.backend import BACKENDS, Backend, lora_settings
 from llama_lora.options.config import TrainConfig
+from llama_lora.train.cli import build_cli
 
 
 def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def load(cfg: TrainConfig, path: str) -> object:
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_settings(cfg)))
 
 
-BACKEND = Backend(name="peft", title="PEFT", load=load)
+BACKEND = Backend(BACKENDS["peft"], load=load)
 main = build_cli(BACKEND)
 
 if __name__ == "__main__":

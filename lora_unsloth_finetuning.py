@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-from llama_lora.backend import Backend, lora_settings
-from llama_lora.train.cli import build_cli
+from llama_lora.backend import BACKENDS, Backend, lora_settings
 from llama_lora.options.config import TrainConfig
+from llama_lora.train.cli import build_cli
 
 FSDP_REFUSED = (
     "error: the Unsloth backend runs in one process or under DDP (accelerate launch --config_file "
@@ -63,12 +63,10 @@ def load(cfg: TrainConfig, path: str) -> object:
 
 
 BACKEND = Backend(
-    name="unsloth",
-    title="Unsloth",
+    BACKENDS["unsloth"],
     load=load,
     before_heavy_imports=import_unsloth,
     own_cpu_loss=True,  # Unsloth's CPU backend brings a chunked cross-entropy in place of TRL's Triton head
-    libraries=("unsloth", "unsloth_zoo"),
 )
 main = build_cli(BACKEND)
 

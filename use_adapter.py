@@ -25,6 +25,7 @@ import click
 
 from llama_lora import quiet
 from llama_lora.errors import UsageError
+from llama_lora.options.config import DTYPES
 
 REPO = Path(__file__).resolve().parent
 RUN = click.argument("run", type=click.Path(path_type=Path))
@@ -155,7 +156,7 @@ def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float,
 @cli.command()
 @RUN
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
+@click.option("--dtype", type=click.Choice(DTYPES), default="bfloat16",
               show_default=True, help="Weights of the merged model.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @BASE
@@ -164,8 +165,8 @@ def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | N
 
     A QLoRA run's base is dequantized from NF4 first, so the adapter lands on the weights it trained with.
     """
-    from llama_lora.use import inference
     from llama_lora.export import merge as merging
+    from llama_lora.use import inference
 
     with usage_errors():
         info = inference.read_run(run, base_model)
@@ -222,7 +223,7 @@ def _adapter_names(runs: tuple[Path, ...]) -> list[str]:
 @RUN
 @click.option("--unsloth", "with_unsloth", is_flag=True,
               help="Also load the adapter with Unsloth's loader (own process) and compare logits with plain PEFT.")
-@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Compute dtype for the logit comparison (float32 separates loaders from rounding).")
 @BASE
 def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> None:

@@ -32,8 +32,8 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_lora.data.prepare import apply_length_policy, tokenize_examples
 from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.prepare import apply_length_policy, tokenize_examples
 from llama_lora.data.sources import read_file
 
 WORDS = ("the", "model", "learns", "a", "step", "at", "a", "time", "and", "checks", "each", "answer", "before", "it", "moves", "on", "to", "the", "next", "idea", "while", "numbers", "fractions", "energy", "cells", "rivers", "grammar", "history", "and", "code", "all", "appear", "in", "the", "lessons")
@@ -167,8 +167,8 @@ def peak_rss_gb() -> float:
 def measure_phase(phase: str, data: Path, cache_dir: Path, max_seq_length: int) -> dict:
     """One fresh process: prepare the data as a run does (cold: builds the cache); warm: go on to the first step."""
     from llama_lora.data.audit import build_audit
-    from llama_lora.options.config import TrainConfig
     from llama_lora.data.prepare import prepare
+    from llama_lora.options.config import TrainConfig
 
     tokenizer = llama3_tokenizer()
     cfg = TrainConfig(dataset=str(data), model="llama3-tokenizer", data_cache=str(cache_dir),

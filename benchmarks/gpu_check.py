@@ -48,7 +48,10 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SCRIPTS = {"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetuning.py"}
+from llama_lora.backend import BACKENDS  # after the path insert; neither imports anything heavy
+from llama_lora.run import files
+
+SCRIPTS = {name: spec.script for name, spec in BACKENDS.items()}
 VARIANTS = {"qlora": ("--load-in-4bit",), "lora16": ("--no-load-in-4bit",)}
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "unsloth",
              "unsloth_zoo", "xformers", "triton")
@@ -191,7 +194,7 @@ def read_metrics(folder: Path) -> dict[str, Any]:
 
     record = run_record.read(folder)
     if record is None:
-        raise FileNotFoundError(folder / run_record.METRICS_FILE)
+        raise FileNotFoundError(folder / files.METRICS)
     return record.dump()
 
 
@@ -272,7 +275,7 @@ def resume_step(runner: Runner, run: Run, straight: Run) -> Step:
     step.seconds = killed.seconds + resumed.seconds
     if resumed.code != 0:
         return step.fail(f"--resume exit {resumed.code}: {tail(resumed)}")
-    if not (straight.folder / "metrics.json").exists():
+    if not (straight.folder / files.METRICS).exists():
         return step.fail(f"no uninterrupted run to compare with ({straight.name} failed)")
     metrics = read_metrics(run.folder)
     a, b = losses(straight.folder), losses(run.folder)
@@ -487,7 +490,7 @@ def run_check(work: Path, sizes: Sizes, variants: tuple[str, ...], jobs: int,
 def needs(name: str, runs: list[Run], action: Callable[[], Step]) -> Callable[[], Step]:
     """A step that reads run folders: it fails at once, naming them, if any of its runs did not complete."""
     def task() -> Step:
-        absent = [r.name for r in runs if not (r.folder / "metrics.json").exists()]
+        absent = [r.name for r in runs if not (r.folder / files.METRICS).exists()]
         return Step(name, "fail", f"not run: {', '.join(absent)} did not complete") if absent else action()
     return task
 

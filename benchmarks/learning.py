@@ -30,9 +30,11 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llama_lora.backend import BACKENDS
+from llama_lora.run import files
 from llama_lora.train.samples import STYLE_CHECKS
 
-SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
+SCRIPTS = {name: REPO / spec.script for name, spec in BACKENDS.items()}
 
 # The backends' quality agrees when their mean pass rates over seeds differ by at most this share of the prompts
 # on every style check (0.15 of 34 prompts is 5 answers), and their mean eval loss after training by at most
@@ -157,7 +159,7 @@ def train(backend: str, seed: int, work: Path, flags: list[str]) -> dict[str, An
     wall = round(time.perf_counter() - started, 1)
     if done.returncode != 0:
         raise click.ClickException(f"{backend} seed {seed} failed (exit {done.returncode}); see {log}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / files.METRICS).read_text())
     runtime = metrics["runtime_s"]
     return {"seed": seed, "folder": str(out), "wall_s": wall, "train_s": runtime["train"],
             "eval_during_training_s": runtime.get("eval_during_training"), "samples_s": runtime.get("samples"),
@@ -174,14 +176,14 @@ class Scorer:
     seed nor the backend), then by each run's adapter, all through plain transformers + PEFT."""
 
     def __init__(self, first: Path, max_new_tokens: int):
-        from llama_lora.options.config import build, load_yaml
         from llama_lora.data.prepare import prepare
-        from llama_lora.use.inference import Sampling, generate, load_base, load_tokenizer, read_run, stop_ids
+        from llama_lora.options.config import build, load_yaml
         from llama_lora.train.samples import held_out, style_shares
+        from llama_lora.use.inference import Sampling, generate, load_base, load_tokenizer, read_run, stop_ids
 
         self.base = load_base(read_run(first))
         self.tokenizer = load_tokenizer(first)
-        rows = prepare(build(load_yaml(first / "config.yaml")), self.tokenizer).eval.rows
+        rows = prepare(build(load_yaml(first / files.CONFIG)), self.tokenizer).eval.rows
         self.items = held_out(rows, len(rows), self.tokenizer, stop_ids(self.base, self.tokenizer))
         self.sampling = Sampling(max_new_tokens=max_new_tokens)
         self._generate, self._shares = generate, style_shares
@@ -257,7 +259,7 @@ def main(backends: str, seeds: str, train_flags: str, max_new_tokens: int, work:
             run = train(backend, seed, work, shlex.split(train_flags))
             if scorer is None:
                 scorer = Scorer(Path(run["folder"]), max_new_tokens)
-                result.update(model=json.loads((Path(run["folder"]) / "metrics.json").read_text())["model"]["name"],
+                result.update(model=json.loads((Path(run["folder"]) / files.METRICS).read_text())["model"]["name"],
                               prompts=len(scorer.items), reference=scorer.reference, base=scorer.base_shares,
                               examples={"where": scorer.items[0].where, "base": scorer.base_first})
             run["style_after"], result["examples"][f"{backend}-seed{seed}"] = scorer.adapter(Path(run["folder"]))

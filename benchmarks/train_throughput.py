@@ -31,10 +31,11 @@ import click
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llama_lora.run import run_record  # after the path insert; light: pydantic, no torch
+from llama_lora.backend import BACKENDS
+from llama_lora.run import files, run_record  # after the path insert; light: pydantic, no torch
 from llama_lora.run.compare import relative_differences
 
-SCRIPTS = {"peft": REPO / "lora_peft_finetuning.py", "unsloth": REPO / "lora_unsloth_finetuning.py"}
+SCRIPTS = {name: REPO / spec.script for name, spec in BACKENDS.items()}
 
 # Llama 3.1 8B, from Meta's published config.json.
 LLAMA31_8B = {
@@ -203,8 +204,8 @@ def build_model(folder: Path, cpu: bool) -> tuple[str, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from llama_lora.model.assets import smollm2_dir
     from llama_lora.data.chat_template import ensure_chat_template
+    from llama_lora.model.assets import smollm2_dir
 
     if cpu:
         path = str(smollm2_dir())
@@ -247,9 +248,9 @@ def bundled_lengths() -> list[int]:
     """Token lengths of the bundled dialogues (SmolLM2's template, every row kept)."""
     from transformers import AutoTokenizer
 
+    from llama_lora.data.prepare import prepare
     from llama_lora.model.assets import smollm2_dir
     from llama_lora.options.config import TrainConfig
-    from llama_lora.data.prepare import prepare
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
     return [len(row["input_ids"]) for row in prepare(TrainConfig(eval_fraction=0), tokenizer).train.rows]
@@ -392,7 +393,7 @@ def run_setup(backend: str, model: str, setup: Setup, work: Path, matmul: int, p
                 "error": trial.log.read_text(errors="replace")[-1500:]}
     out = trial.out
     metrics = run_record.read(out)
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / files.TRAIN_LOG).read_text().splitlines()]
     speed = throughput(log, setup.warmup)
     memory = metrics.memory.after_training
     return {

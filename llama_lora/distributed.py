@@ -13,9 +13,8 @@ import os
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
-
 from accelerate import PartialState
+from accelerate.utils import gather_object
 
 
 def world_size() -> int:

@@ -15,25 +15,27 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for llama_lora
 
+from llama_lora.options.config import DTYPES  # noqa: E402 (light: no torch)
+
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Compute dtype (default: the run's).")
 def main(run: Path, out: Path, dtype: str | None) -> None:
     """Logits of RUN's base + adapter as FastLanguageModel loads them, written to OUT (safetensors)."""
     from llama_lora import quiet
 
     quiet.install()
-    import unsloth  # noqa: F401  (first: it patches transformers and PEFT)
     import torch
+    import unsloth  # noqa: F401  (first: it patches transformers and PEFT)
     from safetensors.torch import save_file
     from unsloth import FastLanguageModel
 
     from llama_lora.errors import UsageError
-    from llama_lora.use.inference import load_tokenizer, read_run
     from llama_lora.use.adapter_checks import logits, prompt_batch
+    from llama_lora.use.inference import load_tokenizer, read_run
 
     try:
         info = read_run(run)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from helpers import dialogue, load_script, write_jsonl
 
 from llama_lora.data.audit import build_audit, percentiles, render_marked
-from llama_lora.options.config import TrainConfig
 from llama_lora.data.prepare import prepare
+from llama_lora.options.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

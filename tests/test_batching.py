@@ -14,16 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import batching_probe
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import REPO, dialogue, load_script, read_metrics, write_jsonl
+from helpers import REPO, batching_probe, dialogue, load_script, read_metrics, write_jsonl
 
-from llama_lora.options.batching import check_effective, computed_tokens, expected_padding_share, padded_share
-from llama_lora.train.cli import build_cli
-from llama_lora.options.config import ConfigError, Machine, TrainConfig, resolve
 from llama_lora.errors import UsageError
+from llama_lora.options.batching import check_effective, computed_tokens, expected_padding_share, padded_share
+from llama_lora.options.config import ConfigError, Machine, TrainConfig, resolve
+from llama_lora.train.cli import build_cli
 
 CLEAN_TOLERANCE = 1e-4
 CONTAMINATION_FLOOR = 0.1
@@ -167,8 +166,8 @@ def _epoch_targets(trainer) -> tuple[int, list]:
 
 @pytest.mark.parametrize("loss_on", ["assistant", "all"])
 def test_packing_keeps_every_label_mask_token_by_token(peft_model, smollm2_path, smollm2_tokenizer, loss_on):
-    from llama_lora.data.prepare import tokenize_examples
     from llama_lora.data.formats import Example
+    from llama_lora.data.prepare import tokenize_examples
 
     examples = [Example(where=f"row {i}", messages=[{"role": "user", "content": f"Is {i} even?"},
                                                     {"role": "assistant", "content": "Yes." if i % 2 else "No."},

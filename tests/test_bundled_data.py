@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from llama_lora.options.config import TrainConfig
-from llama_lora.data.prepare import load_examples
-
 from helpers import REPO
+
+from llama_lora.data.prepare import load_examples
+from llama_lora.options.config import TrainConfig
 
 FOLDER = REPO / "data" / "teacher_student"
 

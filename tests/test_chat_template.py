@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from llama_lora.data.chat_template import LLAMA31_CHAT_TEMPLATE, ensure_chat_template
-from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
 from llama_lora.data.formats import Example
+from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -10,9 +10,18 @@ import pytest
 from click.testing import CliRunner
 from helpers import REPO
 
-from llama_lora.backend import Backend, lora_settings
+from llama_lora.backend import BACKENDS, Backend, lora_settings
+from llama_lora.options.config import (
+    ALL_LINEAR,
+    ConfigError,
+    Machine,
+    TrainConfig,
+    build,
+    load_yaml,
+    resolve,
+    save_yaml,
+)
 from llama_lora.train.cli import build_cli
-from llama_lora.options.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, load_yaml, resolve, save_yaml
 
 CPU = Machine(cuda=False, cpu_bf16=False)
 GPU = Machine(cuda=True, cuda_bf16=True)
@@ -26,7 +35,7 @@ def capture_cli(*args: str) -> tuple[int, TrainConfig | None, str]:
         seen.append(cfg)
         return 0
 
-    cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None), train=fake_run)
+    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path: None), train=fake_run)
     result = CliRunner().invoke(cli, list(args))
     return result.exit_code, (seen[0] if seen else None), result.output
 
@@ -151,7 +160,7 @@ def test_role_map_may_be_a_yaml_mapping(tmp_path: Path):
 
 def test_dry_run_reaches_the_runner_as_a_mode_not_a_config_field():
     seen = []
-    cli = build_cli(Backend(name="peft", title="PEFT", load=lambda cfg, path: None),
+    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path: None),
                     train=lambda cfg, backend, options: seen.append(options) or 0)
     assert CliRunner().invoke(cli, ["--dry-run"]).exit_code == 0 and seen[-1].dry_run
     assert CliRunner().invoke(cli, ["--resume"]).exit_code == 0 and seen[-1].resume == "latest"

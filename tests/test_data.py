@@ -8,14 +8,20 @@ import json
 from pathlib import Path
 
 import pytest
-
-from llama_lora.options.config import TrainConfig
-from llama_lora.data.prepare import (DROP_OVERLENGTH, DROP_UNSUPERVISED, IGNORE_INDEX, apply_length_policy, data_hash,
-                             prepare, tokenize_examples)
-from llama_lora.errors import DataError
-from llama_lora.data.formats import Example
-
 from helpers import dialogue, write_jsonl
+
+from llama_lora.data.formats import Example
+from llama_lora.data.prepare import (
+    DROP_OVERLENGTH,
+    DROP_UNSUPERVISED,
+    IGNORE_INDEX,
+    apply_length_policy,
+    data_hash,
+    prepare,
+    tokenize_examples,
+)
+from llama_lora.errors import DataError
+from llama_lora.options.config import TrainConfig
 
 
 def cfg(dataset: Path | str, **overrides) -> TrainConfig:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from llama_lora.errors import DataError
-from llama_lora.data.formats import (CLASSIFICATION_PROMPT, DEFAULT_ROLE_MAP, Example, class_labels, detect_format,
-                                parse_role_map, to_examples)
+from llama_lora.data.formats import (
+    CLASSIFICATION_PROMPT,
+    DEFAULT_ROLE_MAP,
+    Example,
+    class_labels,
+    detect_format,
+    parse_role_map,
+    to_examples,
+)
 from llama_lora.data.sources import Rows
+from llama_lora.errors import DataError
 
 U, A, S = "user", "assistant", "system"
 

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from llama_lora.data.chat_template import ensure_chat_template
-from llama_lora.data.prepare import tokenize_examples
-from llama_lora.errors import DataError
 from llama_lora.data.formats import DEFAULT_ROLE_MAP, class_labels, detect_format, to_examples
+from llama_lora.data.prepare import tokenize_examples
 from llama_lora.data.sources import read_file
+from llama_lora.errors import DataError
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import REPO, load_script
 
-from llama_lora.options.config import Machine, TrainConfig, resolve
 from llama_lora.errors import UsageError
 from llama_lora.model.memory_plan import Launch, nf4_bytes, optimizer_bytes, parse_launch, plan
+from llama_lora.options.config import Machine, TrainConfig, resolve
 
 
 def config(**values) -> TrainConfig:

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from llama_lora.run import run_record
-from llama_lora.run.compare import FAIRNESS, ComparedRun, fairness
+from llama_lora.errors import UsageError
 from llama_lora.options.config import (
     CONFIG_FIELDS,
     Machine,
@@ -23,7 +22,8 @@ from llama_lora.options.config import (
     save_yaml,
     value_type,
 )
-from llama_lora.errors import UsageError
+from llama_lora.run import run_record
+from llama_lora.run.compare import FAIRNESS, ComparedRun, fairness
 from llama_lora.run.run_folder import check_same_config
 
 CPU = Machine(cuda=False)

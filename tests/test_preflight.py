@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 from helpers import read_metrics
 
-from llama_lora.run import measure
-from llama_lora.backend import Backend
-from llama_lora.train.cli import build_cli
-from llama_lora.options.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, resolve
+from llama_lora.backend import BACKENDS, Backend
 from llama_lora.errors import UsageError
 from llama_lora.model.preflight import check_model, linear_module_names, oom_advice
+from llama_lora.options.config import ALL_LINEAR, ConfigError, Machine, TrainConfig, build, resolve
+from llama_lora.run import measure
+from llama_lora.train.cli import build_cli
 
 CPU = Machine(cuda=False)
 
@@ -72,7 +72,7 @@ def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(measure, "gpu_peak_and_total_gib", lambda: (77.9, 79.6))  # the GPU we do not have
-    cli = build_cli(Backend(name="peft", title="PEFT", load=load))
+    cli = build_cli(Backend(BACKENDS["peft"], load=load))
     out = tmp_path / "runs" / "peft"
     result = CliRunner().invoke(cli, ["--dataset", str(tiny_dataset), "--output-dir", str(out), "--batch-size", "8",
                                       "--grad-accum", "2"])

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from helpers import another_value
 
-from llama_lora.run import run_folder
-from llama_lora.options.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
 from llama_lora.errors import UsageError
+from llama_lora.options.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
+from llama_lora.run import run_folder
 
 CONFIG = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llama_lora.run import run_record
-from llama_lora.run.compare import FAIRNESS, REPORT_PATHS, load_run
 from llama_lora.errors import UsageError
 from llama_lora.export.gguf import run_base_model
+from llama_lora.run import run_record
+from llama_lora.run.compare import FAIRNESS, REPORT_PATHS, load_run
 from llama_lora.use.inference import read_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_v1_main_f773af3.json"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from llama_lora.data.prepare import IGNORE_INDEX
-from llama_lora.use.inference import Answer
 from llama_lora.train.samples import classification_scores, held_out, normalise_label, style_shares
+from llama_lora.use.inference import Answer
 
 
 def test_labels_are_read_from_answers_ignoring_case_quotes_and_punctuation():

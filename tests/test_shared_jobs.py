@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_lora.model.assets import model_path, smollm2_dir
 from llama_lora.atomic_files import replaced, write_text
-from llama_lora.run.compare import relative_differences
 from llama_lora.data.formats import with_system
+from llama_lora.model.assets import model_path, smollm2_dir
 from llama_lora.model.quantization import nf4_config
+from llama_lora.run.compare import relative_differences
 
 
 def test_model_names_resolve_to_the_embedded_folder_an_alias_s_hub_id_or_themselves():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_lora.errors import DataError
 from llama_lora.data.sources import eval_split, pick_split, read_splits
+from llama_lora.errors import DataError
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(3)]
 

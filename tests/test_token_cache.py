@@ -11,9 +11,9 @@ from helpers import dialogue, write_jsonl
 
 from llama_lora.data import token_cache
 from llama_lora.data.audit import build_audit
-from llama_lora.options.config import TrainConfig
 from llama_lora.data.prepare import data_hash, prepare
 from llama_lora.errors import DataError
+from llama_lora.options.config import TrainConfig
 
 
 def cfg(dataset: Path, cache: Path | str, **overrides) -> TrainConfig:

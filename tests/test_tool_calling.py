@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from helpers import load_script, write_jsonl
 
 from llama_lora.data.chat_template import ensure_chat_template, ensure_tool_template, renders_tools
-from llama_lora.options.config import TrainConfig
-from llama_lora.data.prepare import IGNORE_INDEX, prepare, tokenize_examples
-from llama_lora.errors import DataError
 from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.prepare import IGNORE_INDEX, prepare, tokenize_examples
 from llama_lora.data.sources import Rows
+from llama_lora.errors import DataError
+from llama_lora.options.config import TrainConfig
 
 X = IGNORE_INDEX
 TOOLS = [{"name": "add"}]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import load_script
 
 bench = load_script("benchmarks/train_throughput.py")

@@ -10,10 +10,10 @@ import pytest
 from helpers import dialogue
 
 from llama_lora.data.chat_template import ensure_chat_template
-from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
-from llama_lora.errors import DataError
 from llama_lora.data.formats import DEFAULT_ROLE_MAP, to_examples
+from llama_lora.data.prepare import IGNORE_INDEX, tokenize_examples
 from llama_lora.data.sources import Rows, read_file
+from llama_lora.errors import DataError
 
 ROW = dialogue("Why does ice float?", "It is less dense than water.")
 

@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from llama_lora.backend import Backend
-from llama_lora.train.cli import build_cli
+from llama_lora.backend import BACKENDS, Backend
 from llama_lora.model.llama3_tokenizer import LLAMA31_VOCAB_SIZE, bundled_tokenizer_dir, llama31_tokenizer_dir
+from llama_lora.train.cli import build_cli
 from llama_lora.use.adapter_checks import vllm_warnings
 
 
@@ -52,7 +52,7 @@ def test_a_tokenizer_larger_than_the_embeddings_is_refused_before_anything_loads
         raise AssertionError("weights must not load")
 
     out = tmp_path / "run"
-    cli = build_cli(Backend(name="peft", title="PEFT", load=load))
+    cli = build_cli(Backend(BACKENDS["peft"], load=load))
     result = CliRunner().invoke(cli, ["--model", str(tiny_llama31), "--dataset", str(tiny_dataset),
                                       "--output-dir", str(out)])
     assert result.exit_code == 2, result.output

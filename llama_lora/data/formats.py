@@ -31,8 +31,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llama_lora.errors import DataError
 from llama_lora.data.sources import Rows
+from llama_lora.errors import DataError
 
 Message = dict[str, Any]
 CHAT_ROLES = ("system", "user", "assistant", "tool")

@@ -25,10 +25,10 @@ from tqdm import tqdm
 from llama_lora import distributed
 from llama_lora.data import token_cache
 from llama_lora.data.chat_template import ensure_tool_template
-from llama_lora.options.config import TrainConfig
-from llama_lora.errors import DataError
 from llama_lora.data.formats import Example, check_unicode, class_labels, detect_format, parse_role_map, to_examples
 from llama_lora.data.sources import Rows, eval_split, pick_split, read_splits
+from llama_lora.errors import DataError
+from llama_lora.options.config import TrainConfig
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
 CHUNK_ROWS = 1000  # rows per tokenizer batch (and per progress-bar tick)

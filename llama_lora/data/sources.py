@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_lora.options.config import REPO_ROOT
 from llama_lora.errors import DataError
+from llama_lora.options.config import REPO_ROOT
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Split names a folder, saved dataset or hub dataset may use for its held-out part, in order of preference.

@@ -29,8 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llama_lora.model import assets
 from llama_lora.errors import DataError
+from llama_lora.model import assets
 
 CACHE_VERSION = 1  # bump when an entry's layout changes
 DATA_MODULES = ("sources.py", "formats.py", "chat_template.py", "prepare.py", "token_cache.py")  # what renders a row

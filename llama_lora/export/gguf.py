@@ -13,16 +13,16 @@ from pathlib import Path
 
 import click
 
-from llama_lora.export import gguf_writer
-from llama_lora.run import run_record
 from llama_lora.atomic_files import write_text
 from llama_lora.errors import UsageError
+from llama_lora.export import gguf_writer
+from llama_lora.run import files, run_record
 
 MODELFILE = "Modelfile"
 
 
 def is_run_folder(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+    return (folder / files.ADAPTER_CONFIG).is_file() and (folder / files.ADAPTER_WEIGHTS).is_file()
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -98,7 +98,7 @@ def export_gguf(source: Path, out_dir: Path, types: str, base: Path | None, name
 def trained_tool_rows(run: Path) -> int:
     """How many tool-calling training rows a run folder's audit.json counts (0 for a model folder)."""
     try:
-        audit = json.loads((run / "audit.json").read_text())
+        audit = json.loads((run / files.AUDIT).read_text())
     except (OSError, ValueError):
         return 0
     return sum(split.get("tool_calling_rows", 0) for split in audit.get("splits", {}).values())

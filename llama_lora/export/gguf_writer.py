@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 
 from llama_lora.errors import UsageError
+from llama_lora.run import files
 
 ARCH = gguf.MODEL_ARCH.LLAMA
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]
@@ -331,7 +332,7 @@ def adapter_tensors(adapter: Path, shape: LlamaShape) -> list[PlannedTensor]:
     """The LoRA A/B pairs under llama.cpp's names; B of q/k gets the same row permutation as the base weight."""
     from safetensors import safe_open
 
-    weights_file = adapter / "adapter_model.safetensors"
+    weights_file = adapter / files.ADAPTER_WEIGHTS
     with safe_open(weights_file, framework="pt") as handle:
         weights = {key: handle.get_tensor(key).float().numpy() for key in handle.keys()}
     name_map = gguf.get_tensor_name_map(ARCH, shape.n_layers)
@@ -460,11 +461,11 @@ def export_model(folder: Path, out_dir: Path, type_name: str, name: str, pre_tok
 
 def export_adapter(adapter: Path, base: Path, out_dir: Path, name: str) -> Path:
     """The LoRA adapter GGUF from a PEFT adapter folder and its base model's config.json; returns its path."""
-    config_file = adapter / "adapter_config.json"
+    config_file = adapter / files.ADAPTER_CONFIG
     alpha = lora_alpha(json.loads(config_file.read_text()), config_file)
     tensors = adapter_tensors(adapter, read_llama_shape(base))
     if not tensors:
-        raise UsageError(f"{adapter / 'adapter_model.safetensors'}: no LoRA tensors")
+        raise UsageError(f"{adapter / files.ADAPTER_WEIGHTS}: no LoRA tensors")
     path = out_dir / file_name(name, None, "F32", lora=True)
     write_gguf(path, adapter_writer(name, alpha, base.name), tensors)
     return path

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from llama_lora.use.adapter_checks import compare_logits, logits, prompt_batch
 from llama_lora.atomic_files import write_json
 from llama_lora.errors import UsageError
-from llama_lora.use.inference import TrainedRun, device, load_base, load_tuned
 from llama_lora.run.run_folder import replace_folder
+from llama_lora.use.adapter_checks import compare_logits, logits, prompt_batch
+from llama_lora.use.inference import TrainedRun, device, load_base, load_tuned
 
 REPORT = "merge.json"
 

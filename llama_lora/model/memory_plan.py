@@ -40,10 +40,10 @@ from rich.table import Table
 from transformers import AutoConfig
 from transformers.quantizers.base import get_keys_to_not_convert
 
-from llama_lora.options.config import TrainConfig
 from llama_lora.errors import UsageError
-from llama_lora.run.measure import GIB
 from llama_lora.model.shape import linear_layers, meta_model
+from llama_lora.options.config import TrainConfig
+from llama_lora.run.measure import GIB
 
 NF4_BLOCK = 64  # bitsandbytes' 4-bit block: one absmax per 64 weights
 NESTED_BLOCK = 256  # double quantization: the uint8 absmax values are quantized again in blocks of 256

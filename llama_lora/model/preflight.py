@@ -6,9 +6,9 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from llama_lora.options.config import TrainConfig
 from llama_lora.errors import UsageError
 from llama_lora.model.shape import linear_layers, meta_model
+from llama_lora.options.config import TrainConfig
 
 
 def check_model(cfg: TrainConfig, path: str) -> None:

@@ -26,6 +26,7 @@ import random
 import statistics
 from typing import Any
 
+from llama_lora import backend as backends
 from llama_lora.errors import UsageError
 
 MODES = ("padded", "padding-free", "packed")
@@ -65,12 +66,13 @@ def refusal(mode: str, backend: str, cuda: bool, trust_remote_code: bool) -> str
     """Why `mode` cannot run correctly for this backend and machine (checked before anything loads), or None."""
     if mode == "padded":
         return None
-    if backend == "unsloth" and not cuda:
-        # unsloth_zoo/cpu/trainer.py (normalize_cpu_training_arguments) sets padding_free and packing to False
-        # on CPU, padding_free without a word: its CPU attention would let the examples of a row see each other.
-        return (f"--batching {mode} needs a CUDA GPU with the Unsloth backend: Unsloth 2026.10.9's CPU backend "
-                "switches padding-free and packing off. Use --batching padded, or the PEFT backend "
-                f"(lora_peft_finetuning.py --batching {mode}), which keeps examples apart on CPU too")
+    spec = backends.BACKENDS[backend]
+    if not cuda and spec.cpu_batching is not None and mode not in spec.cpu_batching:
+        others = [o for o in backends.BACKENDS.values() if o.cpu_batching is None or mode in o.cpu_batching]
+        instead = "".join(f", or the {o.title} backend ({o.script} --batching {mode}), which keeps examples apart on "
+                          "CPU too" for o in others[:1])
+        return (f"--batching {mode} needs a CUDA GPU with the {spec.title} backend: {spec.cpu_batching_limit}. "
+                f"Use --batching padded{instead}")
     if trust_remote_code:
         # Block-diagonal attention comes from transformers' own masking code (or Unsloth's kernels); a model's
         # own modelling code may ignore the restarting position ids and let examples attend to each other.

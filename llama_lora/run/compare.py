@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_lora.run import run_record
 from llama_lora.atomic_files import replaced, write_json, write_text
-from llama_lora.options.config import CONFIG_FIELDS, computes, flag, recorded_path
 from llama_lora.errors import UsageError
+from llama_lora.options.config import CONFIG_FIELDS, computes, flag, recorded_path
+from llama_lora.run import files, run_record
 from llama_lora.run.run_record import RunRecord
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps, per
@@ -107,7 +107,7 @@ def fairness(a: ComparedRun, b: ComparedRun) -> list[dict[str, Any]]:
 
 
 def adapter_mb(run: ComparedRun) -> float | None:
-    path = run.folder / "adapter_model.safetensors"
+    path = run.folder / files.ADAPTER_WEIGHTS
     return round(path.stat().st_size / 1e6, 2) if path.exists() else None
 
 

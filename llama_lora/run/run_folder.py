@@ -16,11 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
 from llama_lora.errors import UsageError
+from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
+from llama_lora.run import files
 
-CHECKPOINTS = "checkpoints"
-FAILURE_CLAIM = ".failure-recorded"
 # Options that may change between a crash and its resume: those declared not to change what is computed.
 RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
 
@@ -31,14 +30,14 @@ def staging_dir(output_dir: Path) -> Path:
 
 def read_status(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "metrics.json").read_text()).get("status")
+        return json.loads((folder / files.METRICS).read_text()).get("status")
     except (OSError, ValueError):
         return None
 
 
 def checkpoints(staging: Path) -> list[Path]:
     """Complete checkpoints, oldest first (the trainer writes trainer_state.json last)."""
-    folders = (staging / CHECKPOINTS).glob("checkpoint-*")
+    folders = (staging / files.CHECKPOINTS).glob("checkpoint-*")
     complete = [f for f in folders if (f / "trainer_state.json").exists() and f.name.split("-")[-1].isdigit()]
     return sorted(complete, key=lambda f: int(f.name.split("-")[-1]))
 
@@ -67,14 +66,14 @@ def resume_checkpoint(staging: Path, resume: str) -> Path:
         return given
     saved = checkpoints(staging)
     if not saved:
-        raise UsageError(f"--resume: no checkpoint to resume from in {staging / CHECKPOINTS} "
+        raise UsageError(f"--resume: no checkpoint to resume from in {staging / files.CHECKPOINTS} "
                          "(a run saves one every --save-steps steps)")
     return saved[-1]
 
 
 def check_same_config(staging: Path, cfg: TrainConfig) -> None:
     """A resumed run must train exactly what the interrupted one did."""
-    saved = yaml.safe_load((staging / "config.yaml").read_text())
+    saved = yaml.safe_load((staging / files.CONFIG).read_text())
     now = to_record(cfg)
     changed = [f"{name}: {saved.get(name)!r} -> {now[name]!r}" for name in now
                if name not in RESUMABLE_CHANGES and saved.get(name) != now[name]]
@@ -92,7 +91,7 @@ def claim_failure(staging: Path) -> bool:
     """True for the first process of a launch to claim the failure record (an exclusive create), so a failure
     that hits every process at once (a NaN loss) is still recorded once."""
     try:
-        os.close(os.open(staging / FAILURE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(staging / files.FAILURE_CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         return True
     except FileExistsError:
         return False
@@ -100,12 +99,12 @@ def claim_failure(staging: Path) -> bool:
 
 def clear_failure_claim(staging: Path) -> None:
     """A resumed attempt may fail again and must be able to record it."""
-    (staging / FAILURE_CLAIM).unlink(missing_ok=True)
+    (staging / files.FAILURE_CLAIM).unlink(missing_ok=True)
 
 
 def finish(output_dir: Path, staging: Path) -> None:
     """Drop the checkpoints and move the completed staging folder into place, replacing an older run."""
-    shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(staging / files.CHECKPOINTS, ignore_errors=True)
     replace_folder(output_dir, staging)
 
 

@@ -19,10 +19,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from llama_lora.atomic_files import write_json
 from llama_lora.errors import UsageError
+from llama_lora.run import files
 
 RECORD_VERSION = 2
-METRICS_FILE = "metrics.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _gib(name: str) -> Any:
@@ -158,7 +157,7 @@ def new(status: str, **fields: Any) -> RunRecord:
     return RunRecord(version=RECORD_VERSION, status=status, **fields)
 
 
-def parse(data: dict[str, Any], where: Path | str = METRICS_FILE) -> RunRecord:
+def parse(data: dict[str, Any], where: Path | str = files.METRICS) -> RunRecord:
     """A record from metrics.json's content, or a UsageError naming the file and the field."""
     try:
         return RunRecord.model_validate(data)
@@ -170,7 +169,7 @@ def parse(data: dict[str, Any], where: Path | str = METRICS_FILE) -> RunRecord:
 
 def read(folder: Path) -> RunRecord | None:
     """A run folder's record; None when it has no metrics.json. Unreadable content is a UsageError."""
-    path = Path(folder) / METRICS_FILE
+    path = Path(folder) / files.METRICS
     if not path.is_file():
         return None
     try:
@@ -184,7 +183,7 @@ def read(folder: Path) -> RunRecord | None:
 
 def write(folder: Path, record: RunRecord) -> None:
     """metrics.json, replaced whole so a reader never sees half a file."""
-    write_json(Path(folder) / METRICS_FILE, record.dump())
+    write_json(Path(folder) / files.METRICS, record.dump())
 
 
 @dataclass(frozen=True)
@@ -208,9 +207,9 @@ class RecordedModel:
 def recorded_model(folder: Path) -> RecordedModel:
     """The model a run folder trained, from config.yaml, metrics.json and adapter_config.json (any may be absent)."""
     folder = Path(folder)
-    config = _read_mapping(folder / "config.yaml", yaml.safe_load)
+    config = _read_mapping(folder / files.CONFIG, yaml.safe_load)
     record = read(folder) or RunRecord(status="unknown")
-    adapter = _read_mapping(folder / ADAPTER_CONFIG, json.loads)
+    adapter = _read_mapping(folder / files.ADAPTER_CONFIG, json.loads)
     return RecordedModel(
         path=record.value("model.path"),
         name=config.get("model") or record.value("model.name"),

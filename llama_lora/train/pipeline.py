@@ -20,21 +20,21 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from llama_lora import distributed, quiet
-from llama_lora.model import assets, quantization
-from llama_lora.options import tracking
-from llama_lora.run import measure, run_folder, run_record
-from llama_lora.train import samples
 from llama_lora.atomic_files import write_json, write_text
-from llama_lora.data.audit import build_audit, print_audit, render_marked
 from llama_lora.backend import Backend
-from llama_lora.options.batching import padding_preview
+from llama_lora.data.audit import build_audit, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
-from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
 from llama_lora.data.prepare import prepare
 from llama_lora.errors import UsageError
-from llama_lora.run.plots import plot_loss
-from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
+from llama_lora.model import assets, quantization
 from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_advice
+from llama_lora.options import tracking
+from llama_lora.options.batching import padding_preview
+from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
+from llama_lora.run import files, measure, run_folder, run_record
+from llama_lora.run.plots import plot_loss
+from llama_lora.train import samples
+from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
 from llama_lora.train.trainer import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
 
 EXIT_TRAINING_FAILED = 1
@@ -108,8 +108,8 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     elif is_main:
         run_folder.reset_staging(staging)
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
-        save_yaml(cfg, staging / "config.yaml")
-        write_json(staging / "audit.json", audit)
+        save_yaml(cfg, staging / files.CONFIG)
+        write_json(staging / files.AUDIT, audit)
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
     if is_main:
         print(_start_notice(cfg))
@@ -135,7 +135,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     tokenizer.save_pretrained(staging)
     plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
               f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
-              staging / "loss_curve.png")
+              staging / files.LOSS_PLOT)
     tracking.finish(cfg.report_to)  # before the rename: a completed run folder gets no more writes
     run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(output_dir, staging)
@@ -145,7 +145,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
 
 def _interrupted(staging: Path, stop: Interrupted) -> int:
     """Record where a signalled run stopped (its checkpoint is that step's), and say how to continue."""
-    checkpoint = staging / run_folder.CHECKPOINTS / f"checkpoint-{stop.step}"
+    checkpoint = staging / files.CHECKPOINTS / f"checkpoint-{stop.step}"
     if distributed.is_main():
         update = {"status": "interrupted", "interrupted_at_step": stop.step, "reason": str(stop),
                   "last_checkpoint": str(checkpoint)}
@@ -194,7 +194,7 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
         run_record.write(staging, record)
     resume = (f"The last good checkpoint is {saved[-1]}; after fixing the cause, --resume continues from it."
               if saved else "No checkpoint was saved (see --save-steps).")
-    print(f"error: {where}{message}\n{resume}\nRun record: {staging / 'metrics.json'}", file=sys.stderr)
+    print(f"error: {where}{message}\n{resume}\nRun record: {staging / files.METRICS}", file=sys.stderr)
     if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
         traceback.print_exception(err, file=sys.stderr)
     return EXIT_TRAINING_FAILED
@@ -215,14 +215,14 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
     is_main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
-    step_log = StepLog(staging / "train_log.jsonl", resume_step, write=is_main)
+    step_log = StepLog(staging / files.TRAIN_LOG, resume_step, write=is_main)
     if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
         step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
                           for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
     stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
     report_to = tracking.set_up(cfg.report_to, staging)
     trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / run_folder.CHECKPOINTS, report_to, bool(eval_rows)),
+        model, tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
         [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
     )
@@ -246,7 +246,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     sampled = None if signalled else samples.before_and_after(model, tokenizer, eval_rows, cfg.samples,
                                                                 cfg.sample_max_tokens, labels)
     if sampled and is_main:
-        write_text(staging / "samples.md", sampled[1])
+        write_text(staging / files.SAMPLES, sampled[1])
 
     _save_adapter(trainer, model, staging, is_main)
     stop.release()

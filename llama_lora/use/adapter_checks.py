@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from llama_lora.run import files
+
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VOCAB_MODULES = ("embed_tokens", "lm_head")
 # Two loaders of one adapter agree when no logit differs by more than this share of the largest logit. On CPU in
@@ -34,7 +36,7 @@ CHECK_PROMPTS = (
 
 def vllm_warnings(folder: Path) -> list[str]:
     """Reasons the adapter in `folder` will not load in vLLM with default settings (empty: none found)."""
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = json.loads((folder / files.ADAPTER_CONFIG).read_text())
     warnings = []
     saved = [m for m in config.get("modules_to_save") or [] if m]
     if saved:
@@ -73,7 +75,7 @@ def tensor_names(folder: Path) -> list[str]:
     """Tensor names in the adapter file, read from its header without loading weights."""
     from safetensors import safe_open
 
-    path = folder / "adapter_model.safetensors"
+    path = folder / files.ADAPTER_WEIGHTS
     if not path.exists():
         return []
     with safe_open(str(path), framework="pt") as f:

@@ -15,11 +15,9 @@ from typing import Any, Iterator
 
 import torch
 
-from llama_lora.run import run_record
-from llama_lora.errors import UsageError
 from llama_lora.data.formats import CHAT_ROLES, Message, with_system  # noqa: F401 (with_system: use_adapter.py's)
-
-ADAPTER_CONFIG = "adapter_config.json"
+from llama_lora.errors import UsageError
+from llama_lora.run import files, run_record
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,8 @@ def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
     if not folder.is_dir():
         hint = " (a run that has not completed lives in .<name>.partial/)" if not folder.exists() else ""
         raise UsageError(f"{folder}: no such run folder{hint}")
-    if not (folder / ADAPTER_CONFIG).exists():
-        raise UsageError(f"{folder}: no {ADAPTER_CONFIG}, so no adapter to load; expected a finished run folder "
+    if not (folder / files.ADAPTER_CONFIG).exists():
+        raise UsageError(f"{folder}: no {files.ADAPTER_CONFIG}, so no adapter to load; expected a finished run folder "
                          "(the one a training script prints at its end)")
     recorded = run_record.recorded_model(folder)
     if base is None:

@@ -12,17 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, read_metrics
+
+from llama_lora.backend import BACKENDS
+from llama_lora.run import files
 
 pytestmark = pytest.mark.slow
 
-SCRIPTS = {"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetuning.py"}
-EXPECTED_FILES = {
-    "adapter_config.json", "adapter_model.safetensors", "README.md",
-    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-    "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json", "samples.md",
-}
+SCRIPTS = {name: spec.script for name, spec in BACKENDS.items()}
+# the run folder's declared files (llama_lora/run/files.py) and the tokenizer's own
+EXPECTED_FILES = {*files.COMPLETED, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
 STEPS = 3
 FLAGS = ["--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "2", "--learning-rate", "1e-3", "--r", "8",
          "--samples", "2", "--sample-max-tokens", "24"]
@@ -156,6 +155,7 @@ def test_adapter_gives_the_same_logits_in_plain_peft_and_in_unsloths_loader(runs
     """Portability: each backend's adapter, loaded by plain PEFT here and by Unsloth's FastLanguageModel in its
     own process, gives the same logits within llama_lora.use.adapter_checks.LOGIT_TOLERANCE of the logit scale."""
     from helpers import load_script
+
     from llama_lora.use import adapter_checks, inference
 
     model, tokenizer = inference.load_tuned(inference.read_run(runs[backend]), dtype=dtype)

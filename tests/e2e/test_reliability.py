@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import REPO, read_metrics, wait_for_logged_steps
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,8 @@ QUESTIONS = [(3, "Add three copies."), (7, "Multiplying by 3 means adding three 
 
 def probe_rows(tokenizer: Any) -> list[dict[str, Any]]:
     """Tokenized, assistant-masked rows, as the data step makes them."""
-    from llama_lora.data.prepare import tokenize_examples
     from llama_lora.data.formats import Example
+    from llama_lora.data.prepare import tokenize_examples
 
     examples = [Example(where=f"row {i}", messages=[
         {"role": "user", "content": f"What is {a} times 3?"},
@@ -127,10 +127,10 @@ def main() -> None:
     if backend_name == "unsloth":
         import unsloth  # noqa: F401  (before transformers and TRL)
     from helpers import load_script
-
+    from llama_lora.backend import BACKENDS
     from llama_lora.model.assets import smollm2_dir
 
-    script = load_script({"peft": "lora_peft_finetuning.py", "unsloth": "lora_unsloth_finetuning.py"}[backend_name])
+    script = load_script(BACKENDS[backend_name].script)
     out.write_text(json.dumps(probe(script.BACKEND, str(smollm2_dir())), indent=1))
 
 
