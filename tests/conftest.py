@@ -7,7 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import dialogue, write_jsonl
+from helpers import dialogue, hide_gpus_and_hub, machine_has_gpu, write_jsonl
+
+hide_gpus_and_hub()  # at import, before any test imports torch: tests run the CPU path on every machine
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests run where the machine has a GPU (their subprocesses get it back) and are skipped elsewhere."""
+    if any("gpu" in item.keywords for item in items) and not machine_has_gpu():
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (python3 -m pytest -m gpu on a GPU machine)"))
 
 
 @pytest.fixture(scope="session", autouse=True)

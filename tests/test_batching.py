@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import REPO, batching_probe, dialogue, load_script, read_metrics, write_jsonl
+from helpers import REPO, batching_probe, dialogue, gpu_environment, load_script, read_metrics, write_jsonl
 
 from llama_lora.errors import UsageError
 from llama_lora.options.batching import check_effective, computed_tokens, expected_padding_share, padded_share
@@ -53,11 +53,11 @@ def test_peft_examples_in_one_row_score_exactly_as_alone_and_erased_boundaries_a
     assert result["contaminated"] > CONTAMINATION_FLOOR  # the same check catches a leaking layout
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Unsloth runs padding-free and packing on CUDA only")
+@pytest.mark.gpu  # Unsloth runs padding-free and packing on CUDA only
 def test_unsloth_examples_in_one_row_score_exactly_as_alone_on_gpu(tmp_path):
     out = tmp_path / "unsloth.json"
     subprocess.run([sys.executable, "tests/helpers/batching_probe.py", "unsloth", str(out)], cwd=REPO, check=True,
-                   timeout=900)
+                   timeout=900, env=gpu_environment())
     import json
 
     result = json.loads(out.read_text())
@@ -72,9 +72,7 @@ def test_unsloth_on_cpu_refuses_non_padded_modes_before_anything_loads(tmp_path,
     script = load_script("lora_unsloth_finetuning.py")
     cli = build_cli(script.BACKEND, train=lambda *args: pytest.fail("the run started"))
     out = tmp_path / "runs" / "unsloth"
-    result = CliRunner().invoke(cli, ["--batching", mode, "--output-dir", str(out)])
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(cli, ["--batching", mode, "--output-dir", str(out)])  # the tests' CPU machine
     assert result.exit_code == 2
     assert f"--batching {mode} needs a CUDA GPU with the Unsloth backend" in result.output
     assert "Use --batching padded" in result.output

@@ -4,9 +4,43 @@ waiting on a running training process, and writing tiny datasets."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# The machine's own GPU setting, read before the test session hides every GPU (hide_gpus_and_hub).
+MACHINE_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def hide_gpus_and_hub() -> None:
+    """Make this process, and every subprocess that inherits its environment, see no GPU and no model hub.
+
+    The tests exercise the CPU path, the embedded model, whatever the machine: on a CUDA machine the entry scripts'
+    default is the gated Llama 3.1 8B in 4-bit, which a contributor may not have access to and which would change
+    what the tests assert. Must run before torch initialises CUDA (conftest does it at import)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def gpu_environment() -> dict[str, str]:
+    """The environment for a subprocess of a `gpu`-marked test: the session's, with the machine's GPUs visible."""
+    env = dict(os.environ)
+    if MACHINE_CUDA_VISIBLE_DEVICES is None:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = MACHINE_CUDA_VISIBLE_DEVICES
+    return env
+
+
+def machine_has_gpu() -> bool:
+    """True when the machine has an NVIDIA GPU the `gpu` tests can use (asked of nvidia-smi, not of torch, which
+    this process must not initialise on the GPU)."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and MACHINE_CUDA_VISIBLE_DEVICES != "" and subprocess.run(
+        [smi, "-L"], capture_output=True, check=False).returncode == 0
 
 
 def load_script(relative: str):
