@@ -1,7 +1,14 @@
-"""One training run, start to finish, identical for both backends except `backend.load`.
+"""One training run, start to finish, identical for both backends except `backend.load`, in five phases:
 
-Order matters for the user: data is read and tokenized (and bad rows reported) before any model weight is
-loaded, and the run folder appears only once everything in it is written.
+    prepare data      read, format, tokenize and audit the data (bad rows reported) before any weight loads
+    open run folder   a staging folder with the config, the audit and a "running" record (or the interrupted
+                      run's, with the checkpoint --resume continues from)
+    train             load and wrap the model, evaluate it, train
+    record            evaluate the trained adapter, answer held-out prompts, save the adapter, build the record
+    finish            tokenizer and plot beside it, the "completed" record last, the folder renamed into place
+
+Each phase is one function taking what the earlier ones handed on, so a reader (or a new phase) sees exactly
+what flows between them. The run folder appears only once everything in it is written.
 
 Under `accelerate launch`/`torchrun` every process runs all of this (data, trainer, evaluations are
 collective), but only the main process writes files or prints the audit and summary (see distributed.py).
@@ -13,6 +20,8 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +33,7 @@ from llama_lora.atomic_files import write_json, write_text
 from llama_lora.backend import Backend
 from llama_lora.data.audit import build_audit, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
-from llama_lora.data.prepare import prepare
+from llama_lora.data.prepare import Prepared, prepare
 from llama_lora.errors import UsageError
 from llama_lora.model import assets, quantization
 from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_advice
@@ -61,17 +70,83 @@ def train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions = RunO
         return EXIT_BAD_INPUT
 
 
-def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
-    if options.plan:
-        from llama_lora.model.memory_plan import parse_launch, plan, print_plan
+@dataclass(frozen=True)
+class PreparedData:
+    """What the "prepare data" phase hands on: the data tokenized and audited, before any model weight loads."""
 
-        print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan)))
-        return 0
+    cfg: TrainConfig  # with the epoch-based default --eval-steps resolved from the data's size
+    path: str  # the base model's folder or hub id
+    tokenizer: Any
+    prepared: Prepared
+    audit: dict[str, Any]
+
+    @property
+    def eval_rows(self) -> Sequence[dict[str, Any]]:
+        return self.prepared.eval.rows if self.prepared.eval else []
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """What the "open the run folder" phase hands on: where the run writes, and the checkpoint it resumes from."""
+
+    output_dir: Path
+    staging: Path
+    checkpoint: Path | None
+
+
+@dataclass
+class Trained:
+    """What the "train" phase hands on to the "record" phase."""
+
+    model: Any
+    trainer: Any
+    result: Any  # the trainer's TrainOutput
+    step_log: StepLog
+    stop: GracefulStop
+    load_s: float
+    memory_after_load: dict[str, Any]
+    memory_after_training: dict[str, Any]
+    eval_before: float | None
+    resume_step: int
+    tokens_before: int
+
+
+def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
+    """The phases of a run, in order: prepare data, open the run folder, train, record, finish."""
+    if options.plan:
+        return _print_plan(cfg, options.plan)
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
-    staging = run_folder.staging_dir(output_dir)
     if not options.dry_run:
         run_folder.check_destination(output_dir, options)
+    data = prepare_data(cfg, options)
+    if options.dry_run:
+        return _show_dry_run(data)
+    run = open_run_folder(data, backend, options, output_dir)
+    try:
+        trained = train(data, backend, run)
+        metrics = record(data, backend, run, trained)
+    except Interrupted as stop:
+        return _interrupted(run.staging, stop)
+    except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
+        return _fail(data.cfg, run.staging, err)
+    if not distributed.is_main():
+        return 0
+    finish(data, backend, run, metrics, started)
+    return 0
+
+
+def _print_plan(cfg: TrainConfig, launch: str) -> int:
+    """--plan: the memory plan for these options and this launch, and nothing else."""
+    from llama_lora.model.memory_plan import parse_launch, plan, print_plan
+
+    print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(launch)))
+    return 0
+
+
+def prepare_data(cfg: TrainConfig, options: RunOptions) -> PreparedData:
+    """Phase "prepare data": read, format, tokenize and audit the data (bad rows reported) before any model weight
+    is loaded; the main process prints the audit."""
     set_seed(cfg.seed)
     path = assets.model_path(cfg.model)
     check_model(cfg, path)
@@ -83,22 +158,33 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     cfg = with_eval_steps(cfg, len(prepared.train.rows), distributed.world_size())
     audit = build_audit(prepared, cfg.max_seq_length, cfg.overlength, cfg.loss_on, template)
     audit["batching"] = padding_preview(prepared.train.rows.kept_lengths(), cfg.batch_size, cfg.batching)
-    is_main = distributed.is_main()
-    if is_main:
+    if distributed.is_main():
         print_audit(audit)
-    if options.dry_run and not is_main:
-        return 0
-    if options.dry_run:
-        # the first row, and the first tool-calling row too, so a tool call's trained spans can be checked
-        shown = [prepared.train.rows[0], prepared.train.rows.first("tools")]
-        for example in {row["where"]: row for row in shown if row}.values():
-            print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
-            print(render_marked(tokenizer, example))
-        print("\nDry run: no model weights loaded, no run folder written.")
-        return 0
-    eval_rows = prepared.eval.rows if prepared.eval else []
-    if cfg.early_stopping_patience and not eval_rows:
+    data = PreparedData(cfg, path, tokenizer, prepared, audit)
+    if not options.dry_run and cfg.early_stopping_patience and not data.eval_rows:
         raise UsageError("--early-stopping-patience needs eval data: an eval split or --eval-fraction > 0")
+    return data
+
+
+def _show_dry_run(data: PreparedData) -> int:
+    """--dry-run: after the audit, the first row (and the first tool-calling row) as the model sees it."""
+    if not distributed.is_main():
+        return 0
+    # the first row, and the first tool-calling row too, so a tool call's trained spans can be checked
+    shown = [data.prepared.train.rows[0], data.prepared.train.rows.first("tools")]
+    for example in {row["where"]: row for row in shown if row}.values():
+        print(f"\nExample: {example['where']} as the model sees it; text inside [[ ]] counts in the loss:\n")
+        print(render_marked(data.tokenizer, example))
+    print("\nDry run: no model weights loaded, no run folder written.")
+    return 0
+
+
+def open_run_folder(data: PreparedData, backend: Backend, options: RunOptions, output_dir: Path) -> OpenRun:
+    """Phase "open the run folder": a new staging folder with the config, the audit and a "running" record, or the
+    interrupted run's, with the checkpoint --resume continues from."""
+    cfg = data.cfg
+    staging = run_folder.staging_dir(output_dir)
+    is_main = distributed.is_main()
     checkpoint = run_folder.resume_checkpoint(staging, options.resume) if options.resume else None
     if checkpoint:
         run_folder.check_same_config(staging, cfg)
@@ -109,11 +195,130 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
         run_folder.reset_staging(staging)
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
         save_yaml(cfg, staging / files.CONFIG)
-        write_json(staging / files.AUDIT, audit)
+        write_json(staging / files.AUDIT, data.audit)
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
     if is_main:
         print(_start_notice(cfg))
-    data_record = {
+    return OpenRun(output_dir, staging, checkpoint)
+
+
+def train(data: PreparedData, backend: Backend, run: OpenRun) -> Trained:
+    """Phase "train": load and wrap the model, evaluate it, train (from the checkpoint when resuming)."""
+    cfg, staging, checkpoint = data.cfg, run.staging, run.checkpoint
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    load_started = time.perf_counter()
+    model = backend.load(cfg, data.path)
+    quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
+    load_s = time.perf_counter() - load_started
+    memory_after_load = measure.memory_snapshot()
+
+    resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
+    is_main = distributed.is_main()
+    # every process checks the (already gathered) loss for NaN; only the main one writes the log
+    step_log = StepLog(staging / files.TRAIN_LOG, resume_step, write=is_main)
+    if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
+        step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
+                          for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
+    stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+    report_to = tracking.set_up(cfg.report_to, staging)
+    eval_rows = data.eval_rows
+    trainer = make_trainer(
+        model, data.tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
+        to_dataset(data.prepared.train.rows), to_dataset(eval_rows) if eval_rows else None,
+        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
+    )
+    if report_to != "none":
+        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
+    running = run_record.read(staging) if checkpoint else None
+    eval_before = running.value("eval_loss.before") if running else (
+        trainer.evaluate()["eval_loss"] if eval_rows else None)
+    if is_main:
+        run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
+                                                 eval_loss={"before": eval_before}))
+    tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.stopped_at is not None:
+        raise Interrupted(stop.stopped_at, stop.received)
+    return Trained(model, trainer, result, step_log, stop, load_s, memory_after_load, measure.memory_snapshot(),
+                   eval_before, resume_step, tokens_before)
+
+
+def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained) -> run_record.RunRecord:
+    """Phase "record": evaluate the trained adapter, answer the held-out prompts, save the adapter, and build the
+    run record."""
+    cfg, staging, model, trainer = data.cfg, run.staging, trained.model, trained.trainer
+    eval_rows = data.eval_rows
+    is_main = distributed.is_main()
+    eval_after = _eval_after(trainer, trained.step_log, cfg, bool(eval_rows))
+    # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
+    # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
+    signalled = trained.stop.after_training()  # then the samples wait: save what was trained within the grace period
+    sampled = None if signalled else samples.before_and_after(model, data.tokenizer, eval_rows, cfg.samples,
+                                                                cfg.sample_max_tokens, data.prepared.labels)
+    if sampled and is_main:
+        write_text(staging / files.SAMPLES, sampled[1])
+
+    _save_adapter(trainer, model, staging, is_main)
+    trained.stop.release()
+    per_process = distributed.gather({"after_load": trained.memory_after_load,
+                                      "after_training": trained.memory_after_training})
+    # the trainer's runtime includes its evaluations: training time and tokens/s leave them out
+    eval_s = sum(e["seconds"] or 0.0 for e in trained.step_log.evals if e["step"] > trained.resume_step)
+    train_s = trained.result.metrics["train_runtime"] - eval_s
+    # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
+    tokens = int(trainer.state.num_input_tokens_seen)
+    return run_record.new(
+        "completed",
+        backend=backend.name,
+        model={"name": cfg.model, "path": data.path},
+        load_in_4bit=cfg.load_in_4bit,
+        dtype=cfg.dtype,
+        device=measure.device_info(),
+        libraries=measure.library_versions(backend.libraries),
+        parameters=measure.parameter_counts(model),
+        processes={"count": distributed.world_size(), "fsdp": distributed.fsdp_requested()},
+        # the main process's own device, and (under a launch) each process's, in rank order
+        memory={"after_load": trained.memory_after_load, "after_training": trained.memory_after_training,
+                **({"per_process": per_process} if len(per_process) > 1 else {})},
+        runtime_s={"load": round(trained.load_s, 2), "train": round(train_s, 2),
+                   "eval_during_training": round(eval_s, 2), "samples": sampled[0]["seconds"] if sampled else None},
+        steps=trainer.state.global_step,
+        resumed_from_step=trained.resume_step or None,
+        # tokens/s over this process's training only: a resumed run did not train the earlier steps here
+        tokens={"non_padding_seen": tokens, "per_second": round((tokens - trained.tokens_before) / train_s, 1)},
+        batching=_batching_record(cfg, model, trainer),
+        final_train_loss=trained.step_log.history[-1]["loss"] if trained.step_log.history else None,
+        eval_loss={"before": trained.eval_before, "after": eval_after, "during": trained.step_log.evals},
+        samples=sampled[0] if sampled else None,
+        **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
+        early_stopping=_early_stopping_record(cfg, trainer, trained.step_log),
+        loss_history=trained.step_log.history,
+        training_args=effective_args(trainer),
+        config=to_record(cfg),
+        data=_data_record(data.audit),
+    )
+
+
+def finish(data: PreparedData, backend: Backend, run: OpenRun, metrics: run_record.RunRecord,
+           started: float) -> None:
+    """Phase "finish" (main process): the tokenizer and loss plot beside the adapter, the "completed" record written
+    last, the staging folder renamed into place, and the summary printed."""
+    cfg, staging = data.cfg, run.staging
+    metrics.runtime_s.total = round(time.perf_counter() - started, 2)
+    data.tokenizer.save_pretrained(staging)
+    plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
+              f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
+              staging / files.LOSS_PLOT)
+    tracking.finish(cfg.report_to)  # before the rename: a completed run folder gets no more writes
+    run_record.write(staging, metrics)  # the last file written says "completed"
+    run_folder.finish(run.output_dir, staging)
+    _print_summary(metrics, run.output_dir)
+
+
+def _data_record(audit: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's `data`: format, hash, labels, the cache entry, and each split's source and counts."""
+    return {
         "format": audit["format"],
         "hash": audit["hash"],
         "labels": audit["labels"],
@@ -121,26 +326,6 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
         **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
                   "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
     }
-    try:
-        metrics = _load_train_measure(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
-                         prepared.labels)
-    except Interrupted as stop:
-        return _interrupted(staging, stop)
-    except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
-        return _fail(cfg, staging, err)
-    if not is_main:
-        return 0
-    metrics.data = data_record
-    metrics.runtime_s.total = round(time.perf_counter() - started, 2)
-    tokenizer.save_pretrained(staging)
-    plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
-              f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
-              staging / files.LOSS_PLOT)
-    tracking.finish(cfg.report_to)  # before the rename: a completed run folder gets no more writes
-    run_record.write(staging, metrics)  # the last file written says "completed"
-    run_folder.finish(output_dir, staging)
-    _print_summary(metrics, output_dir)
-    return 0
 
 
 def _interrupted(staging: Path, stop: Interrupted) -> int:
@@ -198,93 +383,6 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
         traceback.print_exception(err, file=sys.stderr)
     return EXIT_TRAINING_FAILED
-
-
-def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any,
-                        train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], staging: Path,
-                        checkpoint: Path | None, labels: list[str] | None = None) -> run_record.RunRecord:
-    """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, sample, save the adapter."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    load_started = time.perf_counter()
-    model = backend.load(cfg, path)
-    quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
-    load_s = time.perf_counter() - load_started
-    memory_after_load = measure.memory_snapshot()
-
-    resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
-    is_main = distributed.is_main()
-    # every process checks the (already gathered) loss for NaN; only the main one writes the log
-    step_log = StepLog(staging / files.TRAIN_LOG, resume_step, write=is_main)
-    if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
-        step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
-                          for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
-    stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
-    report_to = tracking.set_up(cfg.report_to, staging)
-    trainer = make_trainer(
-        model, tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
-        to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
-    )
-    if report_to != "none":
-        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
-    running = run_record.read(staging) if checkpoint else None
-    eval_before = running.value("eval_loss.before") if running else (
-        trainer.evaluate()["eval_loss"] if eval_rows else None)
-    if is_main:
-        run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
-                                                 eval_loss={"before": eval_before}))
-    tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if stop.stopped_at is not None:
-        raise Interrupted(stop.stopped_at, stop.received)
-    memory_after_training = measure.memory_snapshot()
-    eval_after = _eval_after(trainer, step_log, cfg, bool(eval_rows))
-    # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
-    # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
-    signalled = stop.after_training()  # then the samples wait: save what was trained within the grace period
-    sampled = None if signalled else samples.before_and_after(model, tokenizer, eval_rows, cfg.samples,
-                                                                cfg.sample_max_tokens, labels)
-    if sampled and is_main:
-        write_text(staging / files.SAMPLES, sampled[1])
-
-    _save_adapter(trainer, model, staging, is_main)
-    stop.release()
-    per_process = distributed.gather({"after_load": memory_after_load, "after_training": memory_after_training})
-    # the trainer's runtime includes its evaluations: training time and tokens/s leave them out
-    eval_s = sum(e["seconds"] or 0.0 for e in step_log.evals if e["step"] > resume_step)
-    train_s = result.metrics["train_runtime"] - eval_s
-    # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
-    tokens = int(trainer.state.num_input_tokens_seen)
-    return run_record.new(
-        "completed",
-        backend=backend.name,
-        model={"name": cfg.model, "path": path},
-        load_in_4bit=cfg.load_in_4bit,
-        dtype=cfg.dtype,
-        device=measure.device_info(),
-        libraries=measure.library_versions(backend.libraries),
-        parameters=measure.parameter_counts(model),
-        processes={"count": distributed.world_size(), "fsdp": distributed.fsdp_requested()},
-        # the main process's own device, and (under a launch) each process's, in rank order
-        memory={"after_load": memory_after_load, "after_training": memory_after_training,
-                **({"per_process": per_process} if len(per_process) > 1 else {})},
-        runtime_s={"load": round(load_s, 2), "train": round(train_s, 2), "eval_during_training": round(eval_s, 2),
-                   "samples": sampled[0]["seconds"] if sampled else None},
-        steps=trainer.state.global_step,
-        resumed_from_step=resume_step or None,
-        # tokens/s over this process's training only: a resumed run did not train the earlier steps here
-        tokens={"non_padding_seen": tokens, "per_second": round((tokens - tokens_before) / train_s, 1)},
-        batching=_batching_record(cfg, model, trainer),
-        final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
-        eval_loss={"before": eval_before, "after": eval_after, "during": step_log.evals},
-        samples=sampled[0] if sampled else None,
-        **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
-        early_stopping=_early_stopping_record(cfg, trainer, step_log),
-        loss_history=step_log.history,
-        training_args=effective_args(trainer),
-        config=to_record(cfg),
-    )
 
 
 def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, Any]:
