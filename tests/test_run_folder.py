@@ -13,7 +13,7 @@ from helpers import another_value
 
 from llama_lora.errors import UsageError
 from llama_lora.options.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
-from llama_lora.run import files, run_folder
+from llama_lora.run import files, owned, run_folder
 
 CONFIG = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))
 
@@ -72,6 +72,7 @@ def test_resume_takes_the_latest_complete_checkpoint_or_the_one_named(tmp_path):
 def test_a_finished_run_is_kept_until_the_new_one_is_complete(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    owned.stamp(out, owned.RUN)  # a run folder this tool made
     (out / "metrics.json").write_text('{"status": "completed", "old": true}')
     with pytest.raises(UsageError, match="already holds a completed run"):
         run_folder.check_destination(out, RunOptions())

@@ -18,7 +18,7 @@ import yaml
 
 from llama_lora.errors import UsageError
 from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
-from llama_lora.run import files
+from llama_lora.run import files, owned
 
 # Options that may change between a crash and its resume: those declared not to change what is computed.
 RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
@@ -43,14 +43,20 @@ def checkpoints(staging: Path) -> list[Path]:
 
 
 def check_destination(output_dir: Path, options: RunOptions) -> None:
-    """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints."""
+    """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints, and to ever
+    replace a folder this tool did not make."""
+    owned.check_not_protected(output_dir, "--output-dir")
     staging = staging_dir(output_dir)
-    if options.resume or options.overwrite:
+    owned.check_replaceable(staging, owned.RUN, "--overwrite")  # a fresh start empties it
+    if options.resume:
         return
-    if output_dir.exists() and any(output_dir.iterdir()):
-        status = read_status(output_dir) or "non-empty"
-        raise UsageError(f"{output_dir} already holds a {status} run; --overwrite replaces it (only once the new "
-                         "run completes), or choose another --output-dir")
+    if options.overwrite or owned.kind_of(output_dir) != owned.RUN:
+        owned.check_replaceable(output_dir, owned.RUN, "--overwrite")
+    if not options.overwrite and output_dir.exists() and any(output_dir.iterdir()):
+        raise UsageError(f"{output_dir} already holds a {read_status(output_dir) or 'non-empty'} run; --overwrite "
+                         "replaces it (only once the new run completes), or choose another --output-dir")
+    if options.overwrite:
+        return
     saved = checkpoints(staging)
     if saved:
         raise UsageError(f"{staging} holds an interrupted run (latest checkpoint: {saved[-1].name}); --resume "
@@ -82,9 +88,12 @@ def check_same_config(staging: Path, cfg: TrainConfig) -> None:
 
 
 def reset_staging(staging: Path) -> None:
-    """An empty staging folder (an earlier attempt's leftovers are discarded)."""
-    shutil.rmtree(staging, ignore_errors=True)
+    """A new staging folder, stamped as this tool's (an earlier attempt's leftovers are discarded)."""
+    owned.check_replaceable(staging, owned.RUN, "--overwrite")
+    if staging.exists():
+        shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    owned.stamp(staging, owned.RUN)
 
 
 def claim_failure(staging: Path) -> bool:
@@ -105,12 +114,14 @@ def clear_failure_claim(staging: Path) -> None:
 def finish(output_dir: Path, staging: Path) -> None:
     """Drop the checkpoints and move the completed staging folder into place, replacing an older run."""
     shutil.rmtree(staging / files.CHECKPOINTS, ignore_errors=True)
-    replace_folder(output_dir, staging)
+    replace_folder(output_dir, staging, owned.RUN)
 
 
-def replace_folder(dest: Path, staging: Path) -> None:
-    """Rename a finished staging folder to `dest`; an older `dest` is set aside first and removed only after."""
+def replace_folder(dest: Path, staging: Path, kind: str) -> None:
+    """Rename a finished staging folder to `dest`; an older `dest` (empty, or this tool's of the same kind: checked
+    again here, where it is removed) is set aside first and removed only after."""
     if dest.exists():
+        owned.check_replaceable(dest, kind, "--overwrite")
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         dest.rename(old)
         staging.rename(dest)

@@ -1,5 +1,5 @@
 """Helpers the tests share: the repository path, loading a script as a module, reading a run folder's record,
-waiting on a running training process, and writing tiny datasets."""
+waiting on a running training process, writing tiny datasets, and making a run folder without training."""
 
 from __future__ import annotations
 
@@ -62,3 +62,28 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def dialogue(question: str, answer: str) -> dict:
     return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
+
+
+def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object) -> Path:
+    """A run folder as a training script leaves it, with a random (untrained) adapter (built in seconds: the embedded
+    SmolLM2 with a real PEFT LoRA adapter whose B matrices are random, so it visibly changes the model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_lora.options.config import Machine, TrainConfig, resolve, save_yaml
+    from llama_lora.run import owned
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False, **lora)
+    folder.mkdir(parents=True)
+    owned.stamp(folder, owned.RUN)
+    get_peft_model(base, config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32"), "peft", Machine(cuda=False))
+    save_yaml(cfg, folder / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
+        "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
+    return folder
