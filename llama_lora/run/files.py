@@ -15,6 +15,8 @@ SAMPLES = "samples.md"  # base vs tuned answers to held-out prompts
 LOSS_PLOT = "loss_curve.png"  # train and eval loss
 CHECKPOINTS = "checkpoints"  # in the staging folder only: checkpoint-<step>/ for --resume
 FAILURE_CLAIM = ".failure-recorded"  # in the staging folder only: the first process of a launch to record a failure
+STAGING_SUFFIX = ".partial"  # beside the run folder: .<name>.partial/, the run until it completes
+LOCK_SUFFIX = ".lock"  # beside the run folder: .<name>.lock, locked by the run writing it (run/run_lock.py)
 OWNER_STAMP = ".llama-lora.json"  # written first into every folder this tool makes: what it is (run/owned.py)
 
 # what a completed run folder holds besides the tokenizer's own files (tokenizer.json, its config, template)

@@ -25,7 +25,8 @@ RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(nam
 
 
 def staging_dir(output_dir: Path) -> Path:
-    return output_dir.with_name(f".{output_dir.name}.partial")
+    """Where a run into `output_dir` lives until it completes: a hidden folder beside it."""
+    return output_dir.with_name(f".{output_dir.name}{files.STAGING_SUFFIX}")
 
 
 def read_status(folder: Path) -> str | None:

@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_ad
 from llama_lora.options import tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
-from llama_lora.run import files, measure, run_folder, run_record
+from llama_lora.run import files, measure, owned, run_folder, run_lock, run_record
 from llama_lora.run.plots import plot_loss
 from llama_lora.train import samples
 from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
@@ -112,16 +113,23 @@ class Trained:
 
 
 def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
-    """The phases of a run, in order: prepare data, open the run folder, train, record, finish."""
+    """A plan, a dry run, or a run: the run holds its output folder's lock from its first check to its end."""
     if options.plan:
         return _print_plan(cfg, options.plan)
-    started = time.perf_counter()
-    output_dir = Path(cfg.output_dir)
-    if not options.dry_run:
-        run_folder.check_destination(output_dir, options)
-    data = prepare_data(cfg, options)
     if options.dry_run:
-        return _show_dry_run(data)
+        return _show_dry_run(prepare_data(cfg, options))
+    output_dir = Path(cfg.output_dir)
+    owned.check_not_protected(output_dir, "--output-dir")
+    # under a launch the main process holds it; the others stop with it (the launcher ends them) if it cannot
+    with run_lock.held(output_dir) if distributed.is_main() else nullcontext():
+        return _run(cfg, backend, options, output_dir)
+
+
+def _run(cfg: TrainConfig, backend: Backend, options: RunOptions, output_dir: Path) -> int:
+    """The phases of a run, in order: prepare data, open the run folder, train, record, finish."""
+    started = time.perf_counter()
+    run_folder.check_destination(output_dir, options)
+    data = prepare_data(cfg, options)
     run = open_run_folder(data, backend, options, output_dir)
     try:
         trained = train(data, backend, run)
