@@ -18,7 +18,7 @@ import yaml
 
 from llama_lora.errors import UsageError
 from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
-from llama_lora.run import files, owned
+from llama_lora.run import checkpoints, files, owned
 
 # Options that may change between a crash and its resume: those declared not to change what is computed.
 RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
@@ -36,13 +36,6 @@ def read_status(folder: Path) -> str | None:
         return None
 
 
-def checkpoints(staging: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (the trainer writes trainer_state.json last)."""
-    folders = (staging / files.CHECKPOINTS).glob("checkpoint-*")
-    complete = [f for f in folders if (f / "trainer_state.json").exists() and f.name.split("-")[-1].isdigit()]
-    return sorted(complete, key=lambda f: int(f.name.split("-")[-1]))
-
-
 def check_destination(output_dir: Path, options: RunOptions) -> None:
     """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints, and to ever
     replace a folder this tool did not make."""
@@ -58,24 +51,27 @@ def check_destination(output_dir: Path, options: RunOptions) -> None:
                          "replaces it (only once the new run completes), or choose another --output-dir")
     if options.overwrite:
         return
-    saved = checkpoints(staging)
+    saved = checkpoints.sealed(staging / files.CHECKPOINTS)
     if saved:
         raise UsageError(f"{staging} holds an interrupted run (latest checkpoint: {saved[-1].name}); --resume "
                          "continues it, --overwrite discards it")
 
 
-def resume_checkpoint(staging: Path, resume: str) -> Path:
-    """The checkpoint --resume names: the latest complete one, or the folder given."""
+def resume_checkpoint(staging: Path, resume: str) -> tuple[Path, list[str]]:
+    """The checkpoint --resume names: the newest intact one (with a line for each newer one passed over, and why),
+    or the folder given, which must be intact."""
     if resume != "latest":
         given = Path(resume)
-        if not (given / "trainer_state.json").exists():
-            raise UsageError(f"--resume {resume}: not a complete checkpoint folder (no trainer_state.json)")
-        return given
-    saved = checkpoints(staging)
-    if not saved:
-        raise UsageError(f"--resume: no checkpoint to resume from in {staging / files.CHECKPOINTS} "
-                         "(a run saves one every --save-steps steps)")
-    return saved[-1]
+        why = checkpoints.problem(given)
+        if why:
+            raise UsageError(f"--resume {resume}: not a complete checkpoint ({why})")
+        return given, []
+    found, passed_over = checkpoints.newest_intact(staging / files.CHECKPOINTS)
+    if found is None:
+        damaged = "; ".join(passed_over)
+        raise UsageError(f"--resume: no intact checkpoint to resume from in {staging / files.CHECKPOINTS} "
+                         + (f"({damaged})" if damaged else "(a run saves one every --save-steps steps)"))
+    return found, passed_over
 
 
 def check_same_config(staging: Path, cfg: TrainConfig) -> None:

@@ -41,11 +41,19 @@ from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_ad
 from llama_lora.options import tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
-from llama_lora.run import files, measure, owned, run_folder, run_lock, run_record
+from llama_lora.run import checkpoints, files, measure, owned, run_folder, run_lock, run_record
 from llama_lora.run.plots import plot_loss
 from llama_lora.train import samples
 from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
-from llama_lora.train.trainer import NonFiniteLoss, StepLog, build_sft_config, effective_args, make_trainer, to_dataset
+from llama_lora.train.trainer import (
+    NonFiniteLoss,
+    SealCheckpoints,
+    StepLog,
+    build_sft_config,
+    effective_args,
+    make_trainer,
+    to_dataset,
+)
 
 EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -193,11 +201,13 @@ def open_run_folder(data: PreparedData, backend: Backend, options: RunOptions, o
     cfg = data.cfg
     staging = run_folder.staging_dir(output_dir)
     is_main = distributed.is_main()
-    checkpoint = run_folder.resume_checkpoint(staging, options.resume) if options.resume else None
+    checkpoint, passed_over = run_folder.resume_checkpoint(staging, options.resume) if options.resume else (None, [])
     if checkpoint:
         run_folder.check_same_config(staging, cfg)
         if is_main:
             run_folder.clear_failure_claim(staging)
+            for line in passed_over:
+                print(f"Passed over {line}", file=sys.stderr)
             print(f"Resuming from {checkpoint}")
     elif is_main:
         run_folder.reset_staging(staging)
@@ -234,7 +244,8 @@ def train(data: PreparedData, backend: Backend, run: OpenRun) -> Trained:
     trainer = make_trainer(
         model, data.tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
         to_dataset(data.prepared.train.rows), to_dataset(eval_rows) if eval_rows else None,
-        [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
+        [step_log, stop, SealCheckpoints(cfg.keep_checkpoints, write=is_main)], backend.own_cpu_loss,
+        cfg.early_stopping_patience, cfg.batching,
     )
     if report_to != "none":
         trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
@@ -375,8 +386,8 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
                    "for broken rows.")
     else:
         message = f"Training failed: {type(err).__name__}: {err}"
-    saved = run_folder.checkpoints(staging)
-    failure = {"status": "failed", "reason": where + message, "last_checkpoint": str(saved[-1]) if saved else None}
+    intact, _ = checkpoints.newest_intact(staging / files.CHECKPOINTS)
+    failure = {"status": "failed", "reason": where + message, "last_checkpoint": str(intact) if intact else None}
     try:
         running = run_record.read(staging)
     except UsageError:  # a half-written or foreign metrics.json: the failure record replaces it
@@ -385,8 +396,8 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
     record.model_fields_set.update(failure)
     if distributed.world_size() == 1 or run_folder.claim_failure(staging):
         run_record.write(staging, record)
-    resume = (f"The last good checkpoint is {saved[-1]}; after fixing the cause, --resume continues from it."
-              if saved else "No checkpoint was saved (see --save-steps).")
+    resume = (f"The newest intact checkpoint is {intact}; after fixing the cause, --resume continues from it."
+              if intact else "No intact checkpoint was saved (see --save-steps).")
     print(f"error: {where}{message}\n{resume}\nRun record: {staging / files.METRICS}", file=sys.stderr)
     if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
         traceback.print_exception(err, file=sys.stderr)

@@ -19,8 +19,10 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from llama_lora import distributed
 from llama_lora.options.batching import batch_layout, check_effective, computed_tokens, sft_fields
 from llama_lora.options.config import CONFIG_FIELDS, TrainConfig, recorded_path
+from llama_lora.run import checkpoints
 
 TRAINING_ARGS = "training_args."
 # metrics.json records the trainer's effective value of every SFTConfig field an option declares as its recorded
@@ -80,7 +82,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
         eval_steps=cfg.eval_steps if evaluate else None,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=max(cfg.save_steps, 1),
-        save_total_limit=cfg.keep_checkpoints,
+        # kept to --keep-checkpoints by SealCheckpoints, after a newer one is sealed: the trainer's own pruning runs
+        # before a checkpoint is complete, so a kill then could leave none
+        save_total_limit=None,
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
@@ -156,6 +160,23 @@ class StepLog(TrainerCallback):
         if self.write:
             with self.path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+class SealCheckpoints(TrainerCallback):
+    """Seals each checkpoint once every process has written its part (run/checkpoints.py: complete only then),
+    then prunes the older ones to --keep-checkpoints (and the best one, which early stopping returns to)."""
+
+    def __init__(self, keep: int, write: bool = True):
+        self.keep = keep
+        self.write = write  # the main process seals and prunes; the others only wait for it
+
+    def on_save(self, args, state, control, **kwargs):
+        distributed.wait_for_everyone()  # every process's shard of the checkpoint is on disk
+        if self.write:
+            folder = Path(args.output_dir)
+            checkpoints.seal(folder / f"{checkpoints.PREFIX}{state.global_step}")
+            checkpoints.prune(folder, self.keep, state.best_model_checkpoint)
+        distributed.wait_for_everyone()  # none goes on to a step whose checkpoint could be pruned unsealed
 
 
 def make_trainer(

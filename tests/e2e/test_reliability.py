@@ -98,7 +98,7 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, scrip
     process = subprocess.Popen(command(data, out, script=script), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not (staging / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+    while not (staging / "checkpoints" / "checkpoint-4" / "complete.json").exists():  # sealed: complete
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)
