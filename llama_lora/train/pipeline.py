@@ -44,7 +44,14 @@ from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, s
 from llama_lora.run import checkpoints, files, measure, owned, run_folder, run_lock, run_record
 from llama_lora.run.plots import plot_loss
 from llama_lora.train import samples
-from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
+from llama_lora.train.preemption import (
+    AFTER_TRAINING,
+    BEFORE_TRAINING,
+    EXIT_INTERRUPTED,
+    SAVING,
+    GracefulStop,
+    Interrupted,
+)
 from llama_lora.train.trainer import (
     NonFiniteLoss,
     SealCheckpoints,
@@ -52,6 +59,8 @@ from llama_lora.train.trainer import (
     build_sft_config,
     effective_args,
     make_trainer,
+    planned_training_done,
+    restore_patience,
     to_dataset,
 )
 
@@ -138,18 +147,24 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions, output_dir: Pa
     started = time.perf_counter()
     run_folder.check_destination(output_dir, options)
     data = prepare_data(cfg, options)
-    run = open_run_folder(data, backend, options, output_dir)
+    stop = GracefulStop()  # from here a signal stops the run cleanly, whatever phase it is in
+    stop.install()
     try:
-        trained = train(data, backend, run)
-        metrics = record(data, backend, run, trained)
-    except Interrupted as stop:
-        return _interrupted(run.staging, stop)
-    except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
-        return _fail(data.cfg, run.staging, err)
-    if not distributed.is_main():
+        run = open_run_folder(data, backend, options, output_dir)
+        try:
+            trained = train(data, backend, run, stop)
+            metrics = record(data, backend, run, trained)
+        except Interrupted as interruption:
+            return _interrupted(run.staging, interruption)
+        except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
+            return _fail(data.cfg, run.staging, err)
+        if distributed.is_main():
+            finish(data, backend, run, metrics, started)
+            if stop.received:
+                print(f"{stop.received} arrived while the run was saving: it completed first.", file=sys.stderr)
         return 0
-    finish(data, backend, run, metrics, started)
-    return 0
+    finally:
+        stop.release()
 
 
 def _print_plan(cfg: TrainConfig, launch: str) -> int:
@@ -220,25 +235,29 @@ def open_run_folder(data: PreparedData, backend: Backend, options: RunOptions, o
     return OpenRun(output_dir, staging, checkpoint)
 
 
-def train(data: PreparedData, backend: Backend, run: OpenRun) -> Trained:
+def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop) -> Trained:
     """Phase "train": load and wrap the model, evaluate it, train (from the checkpoint when resuming)."""
     cfg, staging, checkpoint = data.cfg, run.staging, run.checkpoint
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
+    stop.enter(BEFORE_TRAINING, "loading the model")
     model = backend.load(cfg, data.path)
     quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()
 
-    resume_step = _checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
+    state = _checkpoint_state(checkpoint) if checkpoint else {}  # the trainer's state when the checkpoint was saved
+    resume_step = state.get("global_step", 0)
+    stop.step, stop.saved_step = resume_step, resume_step if checkpoint else None
+    if stop.requested():
+        raise Interrupted(resume_step, stop.received, checkpoint, BEFORE_TRAINING, stop.activity)
     is_main = distributed.is_main()
     # every process checks the (already gathered) loss for NaN; only the main one writes the log
     step_log = StepLog(staging / files.TRAIN_LOG, resume_step, write=is_main)
     if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
         step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
-                          for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
-    stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
+                          for e in state["log_history"] if "eval_loss" in e]
     report_to = tracking.set_up(cfg.report_to, staging)
     eval_rows = data.eval_rows
     trainer = make_trainer(
@@ -247,18 +266,26 @@ def train(data: PreparedData, backend: Backend, run: OpenRun) -> Trained:
         [step_log, stop, SealCheckpoints(cfg.keep_checkpoints, write=is_main)], backend.own_cpu_loss,
         cfg.early_stopping_patience, cfg.batching,
     )
+    trainer.stop_requested = stop.requested  # no batch is taken once a signal arrived
     if report_to != "none":
         trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
+    if checkpoint:
+        restore_patience(trainer, state)
+        trainer.training_done = planned_training_done(state)
+        if trainer.training_done and is_main:
+            print(f"Training had finished at step {resume_step}: evaluating, sampling and saving without "
+                  "training another step")
     running = run_record.read(staging) if checkpoint else None
-    eval_before = running.value("eval_loss.before") if running else (
-        trainer.evaluate()["eval_loss"] if eval_rows else None)
+    with stop.aborting(model, BEFORE_TRAINING, "evaluating the model before training", checkpoint):
+        eval_before = running.value("eval_loss.before") if running else (
+            trainer.evaluate()["eval_loss"] if eval_rows else None)
     if is_main:
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
                                                  eval_loss={"before": eval_before}))
-    tokens_before = _checkpoint_state(checkpoint).get("num_input_tokens_seen", 0) if checkpoint else 0
+    tokens_before = state.get("num_input_tokens_seen", 0)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.stopped_at is not None:
-        raise Interrupted(stop.stopped_at, stop.received)
+        raise Interrupted(stop.stopped_at, stop.received, _checkpoint_of(run, stop.stopped_at))
     return Trained(model, trainer, result, step_log, stop, load_s, memory_after_load, measure.memory_snapshot(),
                    eval_before, resume_step, tokens_before)
 
@@ -269,17 +296,19 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
     cfg, staging, model, trainer = data.cfg, run.staging, trained.model, trained.trainer
     eval_rows = data.eval_rows
     is_main = distributed.is_main()
-    eval_after = _eval_after(trainer, trained.step_log, cfg, bool(eval_rows))
+    stop, last = trained.stop, _checkpoint_of(run, trainer.state.global_step)  # the last step is checkpointed
+    with stop.aborting(model, AFTER_TRAINING, "evaluating the trained adapter", last):
+        eval_after = _eval_after(trainer, trained.step_log, cfg, bool(eval_rows))
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
-    signalled = trained.stop.after_training()  # then the samples wait: save what was trained within the grace period
-    sampled = None if signalled else samples.before_and_after(model, data.tokenizer, eval_rows, cfg.samples,
-                                                                cfg.sample_max_tokens, data.prepared.labels)
+    with stop.aborting(model, AFTER_TRAINING, "answering the sample prompts", last):
+        sampled = samples.before_and_after(model, data.tokenizer, eval_rows, cfg.samples, cfg.sample_max_tokens,
+                                           data.prepared.labels)
+    stop.enter(SAVING, "saving the adapter and the run folder")
     if sampled and is_main:
         write_text(staging / files.SAMPLES, sampled[1])
 
     _save_adapter(trainer, model, staging, is_main)
-    trained.stop.release()
     per_process = distributed.gather({"after_load": trained.memory_after_load,
                                       "after_training": trained.memory_after_training})
     # the trainer's runtime includes its evaluations: training time and tokens/s leave them out
@@ -304,13 +333,14 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
                    "eval_during_training": round(eval_s, 2), "samples": sampled[0]["seconds"] if sampled else None},
         steps=trainer.state.global_step,
         resumed_from_step=trained.resume_step or None,
-        # tokens/s over this process's training only: a resumed run did not train the earlier steps here
-        tokens={"non_padding_seen": tokens, "per_second": round((tokens - trained.tokens_before) / train_s, 1)},
+        # tokens/s over this process's training only: a resumed run did not train the earlier steps here (and one
+        # resumed from its last step's checkpoint trained none)
+        tokens={"non_padding_seen": tokens, "per_second": round((tokens - trained.tokens_before) / train_s, 1)
+                if tokens > trained.tokens_before and train_s > 0 else None},
         batching=_batching_record(cfg, model, trainer),
         final_train_loss=trained.step_log.history[-1]["loss"] if trained.step_log.history else None,
         eval_loss={"before": trained.eval_before, "after": eval_after, "during": trained.step_log.evals},
         samples=sampled[0] if sampled else None,
-        **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
         early_stopping=_early_stopping_record(cfg, trainer, trained.step_log),
         loss_history=trained.step_log.history,
         training_args=effective_args(trainer),
@@ -348,18 +378,32 @@ def _data_record(audit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _interrupted(staging: Path, stop: Interrupted) -> int:
-    """Record where a signalled run stopped (its checkpoint is that step's), and say how to continue."""
-    checkpoint = staging / files.CHECKPOINTS / f"checkpoint-{stop.step}"
+    """Record where a signalled run stopped and which checkpoint holds its work, and say how to continue."""
     if distributed.is_main():
+        checkpoint = str(stop.checkpoint) if stop.checkpoint else None
         update = {"status": "interrupted", "interrupted_at_step": stop.step, "reason": str(stop),
-                  "last_checkpoint": str(checkpoint)}
+                  "last_checkpoint": checkpoint}
         running = run_record.read(staging)
         record = running.model_copy(update=update) if running else run_record.new(**update)
         record.model_fields_set.update(update)
         run_record.write(staging, record)
-        print(f"Interrupted: {stop}; checkpoint {checkpoint}\nRun the same command with --resume to continue "
-              f"(exit status {EXIT_INTERRUPTED}).", file=sys.stderr)
+        if stop.during == AFTER_TRAINING:
+            held, then = (f"training is complete in {checkpoint}", "with --resume to finish the run (evaluation, "
+                          "samples, save) without training")
+        elif checkpoint:
+            held, then = f"checkpoint {checkpoint}", "with --resume to continue"
+        else:
+            held, then = "nothing was trained yet", "again to start the run (there is no checkpoint to --resume from)"
+        print(f"Interrupted: {stop}; {held}\nRun the same command {then} (exit status {EXIT_INTERRUPTED}).",
+              file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def _checkpoint_of(run: OpenRun, step: int) -> Path:
+    """The checkpoint holding `step`: the one resumed from when no step was trained since, else the step's own."""
+    if run.checkpoint and checkpoints.step_of(run.checkpoint) == step:
+        return run.checkpoint
+    return run.staging / files.CHECKPOINTS / f"{checkpoints.PREFIX}{step}"
 
 
 def _start_notice(cfg: TrainConfig) -> str:
@@ -472,8 +516,9 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
         print(f"  eval loss   {ev.before:.4f} -> {ev.after:.4f}")
     print(f"  train loss  {metrics.final_train_loss:.4f} after {metrics.steps} steps")
     scope = " (all processes)" if processes > 1 else ""
-    print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
-          f"({metrics.runtime_s.train:.0f} s training)")
+    if metrics.tokens.per_second is not None:
+        print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
+              f"({metrics.runtime_s.train:.0f} s training)")
     batching = metrics.batching or {}
     if batching.get("padding_share") is not None:
         print(f"  batching    {batching['mode']}: {batching['padding_share']:.1%} of the tokens computed were padding")

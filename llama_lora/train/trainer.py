@@ -214,6 +214,22 @@ def make_trainer(
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+        # True when resuming from a checkpoint of the run's last step (planned_training_done): nothing is left to train
+        training_done = False
+
+        def stop_requested(self) -> bool:
+            """Replaced by the run's signal handling (preemption.GracefulStop.requested)."""
+            return False
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: ANN001
+            # The trainer stops at --max-steps only after a step: resumed from the last step's checkpoint it would
+            # train one more. With no batches it takes no step, and still finishes (early stopping's best adapter,
+            # the trackers' end of run) as after the last step. A signal that arrived after a step's last hook stops
+            # the run here too, before another step (GracefulStop checkpoints that step at the epoch's end).
+            if self.training_done or self.state.global_step >= self.state.max_steps or self.stop_requested():
+                return [], None
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     trainer = LoraSFTTrainer(
         model=model,
         args=args,
@@ -224,6 +240,30 @@ def make_trainer(
     )
     check_effective(batching, bool(trainer.args.packing), bool(trainer.args.padding_free))
     return trainer
+
+
+def planned_training_done(state: dict[str, Any]) -> bool:
+    """True when a checkpoint's trainer state (trainer_state.json) is of the run's last step: every planned step
+    trained, or early stopping had run out of patience."""
+    patience, waited = _early_stopping_state(state)
+    return state["global_step"] >= state["max_steps"] or 0 < patience <= waited
+
+
+def restore_patience(trainer: SFTTrainer, state: dict[str, Any]) -> None:
+    """Early stopping's count of evaluations without improvement, as the checkpoint recorded it (the trainer would
+    start it again at 0), so a resumed run stops where the uninterrupted one would."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, EarlyStoppingCallback):
+            callback.early_stopping_patience_counter = _early_stopping_state(state)[1]
+
+
+def _early_stopping_state(state: dict[str, Any]) -> tuple[int, int]:
+    """(patience, evaluations without improvement so far) as a checkpoint's trainer state records early stopping;
+    (0, 0) for a run without it."""
+    saved = state.get("stateful_callbacks", {}).get(EarlyStoppingCallback.__name__) or {}
+    saved = saved[-1] if isinstance(saved, list) else saved
+    return (saved.get("args", {}).get("early_stopping_patience") or 0,
+            saved.get("attributes", {}).get("early_stopping_patience_counter", 0))
 
 
 def effective_args(trainer: SFTTrainer) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Helpers the tests share: the repository path, loading a script as a module, reading a run folder's record,
-waiting on a running training process, writing tiny datasets, and making a run folder without training."""
+waiting on a running training process, running one with markers of its phases, writing tiny datasets, and making a
+run folder without training."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,3 +89,55 @@ def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object
     (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
         "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
     return folder
+
+
+PHASE_MARKS = """
+import os, runpy, sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))  # the repository, for llama_lora
+import trl
+
+from llama_lora.train import samples
+
+marks = Path(os.environ["PHASE_MARKS"])
+
+
+def marking(owner, name, mark):
+    original = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        (marks / f"{mark}-{len(list(marks.glob(mark + '-*')))}").touch()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+marking(trl.SFTTrainer, "evaluate", "evaluate")
+marking(samples, "before_and_after", "samples")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def phase_marking(marks: Path, script: str = "lora_peft_finetuning.py") -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) running an entry script (the PEFT one: Unsloth must import first) unchanged except that every evaluation and the sample
+    answers first touch a marker file in `marks` (evaluate-0 before training, evaluate-1 at the first evaluation
+    during training, ...; samples-0), so a test can signal a real run in a known phase."""
+    import os
+
+    marks.mkdir(parents=True, exist_ok=True)
+    wrapper = marks / "phase_marks.py"
+    wrapper.write_text(PHASE_MARKS)
+    return [sys.executable, str(wrapper)], {**os.environ, "PHASE_MARKS": str(marks)}
+
+
+def wait_for_file(process, path: Path, timeout: float = 600) -> None:
+    """Wait until `path` exists while `process` runs (fails if it ends first or the timeout passes)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared"
+        assert time.time() < deadline
+        time.sleep(0.02)
