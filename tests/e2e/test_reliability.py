@@ -327,14 +327,17 @@ def stop_and_signal(process: subprocess.Popen, signum: int) -> None:
     process.send_signal(signal.SIGCONT)
 
 
-def test_sigterm_in_the_last_step_then_resume_trains_nothing_and_equals_the_uninterrupted_run(uninterrupted):
+def test_sigterm_in_the_last_step_then_resume_trains_nothing_and_equals_the_uninterrupted_run(uninterrupted,
+                                                                                            tmp_path):
     straight, _ = uninterrupted
     out = straight.parent / "last-step"
     staging = out.with_name(f".{out.name}.partial")
     args = command(straight.parent / "data.jsonl", out)
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_file(process, staging / "checkpoints" / "checkpoint-6" / "complete.json")
-    stop_and_signal(process, signal.SIGTERM)  # as the last step's checkpoint is sealed
+    marked, env = phase_marking(tmp_path / "marks")
+    process = subprocess.Popen([*marked, *args[1:]], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    wait_for_file(process, tmp_path / "marks" / "step-5")  # the sixth and last step begins
+    stop_and_signal(process, signal.SIGTERM)
     assert process.wait(timeout=600) == 75
     record = read_metrics(staging)
     assert record["status"] == "interrupted" and record["interrupted_at_step"] == 6
@@ -391,7 +394,8 @@ def test_sigterm_in_an_evaluation_checkpoints_its_step_without_another_and_a_sec
     straight, _ = uninterrupted
     out = tmp_path / "evaluating"
     staging = out.with_name(f".{out.name}.partial")
-    args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5"]  # a longer evaluation
+    # a longer evaluation, at step 2, and no checkpoint due there: only the signal makes one
+    args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5", "--save-steps", "4"]
     marked, env = phase_marking(tmp_path / "marks")
     with (tmp_path / "eval.log").open("w+") as log:
         first = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)

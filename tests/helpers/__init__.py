@@ -113,6 +113,7 @@ def marking(owner, name, mark):
     setattr(owner, name, wrapped)
 
 
+marking(trl.SFTTrainer, "training_step", "step")
 marking(trl.SFTTrainer, "evaluate", "evaluate")
 marking(samples, "before_and_after", "samples")
 sys.argv = sys.argv[1:]
@@ -120,10 +121,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def phase_marking(marks: Path, script: str = "lora_peft_finetuning.py") -> tuple[list[str], dict[str, str]]:
-    """(command prefix, environment) running an entry script (the PEFT one: Unsloth must import first) unchanged except that every evaluation and the sample
-    answers first touch a marker file in `marks` (evaluate-0 before training, evaluate-1 at the first evaluation
-    during training, ...; samples-0), so a test can signal a real run in a known phase."""
+def phase_marking(marks: Path) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) that runs the entry script named next (the PEFT one: Unsloth must be imported
+    first) unchanged, except that every training step, evaluation and the sample answers first touch a marker file
+    in `marks` (step-0 as the first step begins, step-1, ...; evaluate-0 before training, evaluate-1 at the first
+    evaluation during training, ...; samples-0), so a test can signal a real run in a known phase."""
     import os
 
     marks.mkdir(parents=True, exist_ok=True)
