@@ -92,12 +92,12 @@ def test_pruning_never_removes_the_last_complete_checkpoint_for_one_not_yet_seal
 def test_a_failed_run_names_the_newest_intact_checkpoint_not_a_damaged_newer_one(tmp_path, capsys):
     from llama_lora.options.config import Machine, TrainConfig, resolve
     from llama_lora.run import run_record
-    from llama_lora.train.pipeline import EXIT_TRAINING_FAILED, _fail
+    from llama_lora.train.outcome import EXIT_TRAINING_FAILED, failed
 
     staging = tmp_path / ".run.partial"
     good = checkpoint(staging, 4)
     (checkpoint(staging, 6) / "adapter_model.safetensors").write_bytes(b"garbage")
     cfg = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))
-    assert _fail(cfg, staging, RuntimeError("disk gone")) == EXIT_TRAINING_FAILED
+    assert failed(cfg, staging, RuntimeError("disk gone")) == EXIT_TRAINING_FAILED
     assert f"The newest intact checkpoint is {good};" in capsys.readouterr().err
     assert run_record.read(staging).last_checkpoint == str(good)

@@ -90,7 +90,11 @@ def reset_staging(staging: Path) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    owned.stamp(staging, owned.RUN)
+    try:
+        owned.stamp(staging, owned.RUN)
+    except OSError:  # a full disk: leave nothing behind
+        staging.rmdir()
+        raise
 
 
 def claim_failure(staging: Path) -> bool:

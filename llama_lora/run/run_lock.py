@@ -9,6 +9,7 @@ what counts.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -32,7 +33,10 @@ def lock_path(output_dir: Path) -> Path:
 def held(output_dir: Path) -> Iterator[None]:
     """Hold the lock of `output_dir` for the block; a UsageError naming the holder when another process has it."""
     path = lock_path(output_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as err:  # a file where one of the folders should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), err.filename) from None
     fd = _acquire(path, output_dir)
     try:
         yield
@@ -57,9 +61,14 @@ def _acquire(path: Path, output_dir: Path) -> int:
         if _still_at(fd, path):
             break
         os.close(fd)  # the holder before us removed it on its way out: lock the file now at the path
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
-        "%Y-%m-%d %H:%M:%S"), "command": " ".join([os.path.basename(sys.executable), *sys.argv])}).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime(
+            "%Y-%m-%d %H:%M:%S"), "command": " ".join([os.path.basename(sys.executable), *sys.argv])}).encode())
+    except OSError:  # a full disk: the run cannot start, and leaves no lock file behind
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        raise
     return fd
 
 

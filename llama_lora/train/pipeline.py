@@ -17,9 +17,9 @@ collective), but only the main process writes files or prints the audit and summ
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,30 +30,28 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from llama_lora import distributed, quiet
-from llama_lora.atomic_files import write_json, write_text
+from llama_lora.atomic_files import replaced, saved_into, write_json, write_text
 from llama_lora.backend import Backend
 from llama_lora.data.audit import build_audit, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
 from llama_lora.data.prepare import Prepared, prepare
-from llama_lora.errors import UsageError
+from llama_lora.errors import UsageError, describe_os_error
 from llama_lora.model import assets, quantization
-from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_advice
+from llama_lora.model.preflight import check_model, check_tokenizer_fits
 from llama_lora.options import tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
 from llama_lora.run import checkpoints, files, measure, owned, run_folder, run_lock, run_record
 from llama_lora.run.plots import plot_loss
-from llama_lora.train import samples
+from llama_lora.train import outcome, samples
 from llama_lora.train.preemption import (
     AFTER_TRAINING,
     BEFORE_TRAINING,
-    EXIT_INTERRUPTED,
     SAVING,
     GracefulStop,
     Interrupted,
 )
 from llama_lora.train.trainer import (
-    NonFiniteLoss,
     SealCheckpoints,
     StepLog,
     build_sft_config,
@@ -64,7 +62,6 @@ from llama_lora.train.trainer import (
     to_dataset,
 )
 
-EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -85,6 +82,9 @@ def train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions = RunO
         return _train_adapter(cfg, backend, options)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # before the run folder is open (later faults are the run's failure record)
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -154,14 +154,14 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions, output_dir: Pa
         try:
             trained = train(data, backend, run, stop)
             metrics = record(data, backend, run, trained)
+            if distributed.is_main():
+                finish(data, backend, run, metrics, started)
         except Interrupted as interruption:
-            return _interrupted(run.staging, interruption)
-        except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
-            return _fail(data.cfg, run.staging, err)
-        if distributed.is_main():
-            finish(data, backend, run, metrics, started)
-            if stop.received:
-                print(f"{stop.received} arrived while the run was saving: it completed first.", file=sys.stderr)
+            return outcome.interrupted(run.staging, interruption)
+        except Exception as err:  # anything that ends the run: record it, keep the checkpoints, say what to do
+            return outcome.failed(data.cfg, run.staging, err)
+        if stop.received and distributed.is_main():
+            print(f"{stop.received} arrived while the run was saving: it completed first.", file=sys.stderr)
         return 0
     finally:
         stop.release()
@@ -226,9 +226,13 @@ def open_run_folder(data: PreparedData, backend: Backend, options: RunOptions, o
             print(f"Resuming from {checkpoint}")
     elif is_main:
         run_folder.reset_staging(staging)
-        run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
-        save_yaml(cfg, staging / files.CONFIG)
-        write_json(staging / files.AUDIT, data.audit)
+        try:
+            save_yaml(cfg, staging / files.CONFIG)
+            write_json(staging / files.AUDIT, data.audit)
+            run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg)))
+        except OSError:  # a full disk, say: the new folder holds nothing yet, so nothing is left saying "running"
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
     if is_main:
         print(_start_notice(cfg))
@@ -355,10 +359,12 @@ def finish(data: PreparedData, backend: Backend, run: OpenRun, metrics: run_reco
     last, the staging folder renamed into place, and the summary printed."""
     cfg, staging = data.cfg, run.staging
     metrics.runtime_s.total = round(time.perf_counter() - started, 2)
-    data.tokenizer.save_pretrained(staging)
-    plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
-              f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
-              staging / files.LOSS_PLOT)
+    with saved_into(staging) as folder:
+        data.tokenizer.save_pretrained(folder)
+    with replaced(staging / files.LOSS_PLOT) as plot:
+        plot_loss(metrics.loss_history, metrics.eval_loss.model_dump(),
+                  f"{backend.title} LoRA r={cfg.r} on {cfg.model} ({'4-bit' if cfg.load_in_4bit else cfg.dtype})",
+                  plot)
     tracking.finish(cfg.report_to)  # before the rename: a completed run folder gets no more writes
     run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(run.output_dir, staging)
@@ -377,28 +383,6 @@ def _data_record(audit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _interrupted(staging: Path, stop: Interrupted) -> int:
-    """Record where a signalled run stopped and which checkpoint holds its work, and say how to continue."""
-    if distributed.is_main():
-        checkpoint = str(stop.checkpoint) if stop.checkpoint else None
-        update = {"status": "interrupted", "interrupted_at_step": stop.step, "reason": str(stop),
-                  "last_checkpoint": checkpoint}
-        running = run_record.read(staging)
-        record = running.model_copy(update=update) if running else run_record.new(**update)
-        record.model_fields_set.update(update)
-        run_record.write(staging, record)
-        if stop.during == AFTER_TRAINING:
-            held, then = (f"training is complete in {checkpoint}", "with --resume to finish the run (evaluation, "
-                          "samples, save) without training")
-        elif checkpoint:
-            held, then = f"checkpoint {checkpoint}", "with --resume to continue"
-        else:
-            held, then = "nothing was trained yet", "again to start the run (there is no checkpoint to --resume from)"
-        print(f"Interrupted: {stop}; {held}\nRun the same command {then} (exit status {EXIT_INTERRUPTED}).",
-              file=sys.stderr)
-    return EXIT_INTERRUPTED
-
-
 def _checkpoint_of(run: OpenRun, step: int) -> Path:
     """The checkpoint holding `step`: the one resumed from when no step was trained since, else the step's own."""
     if run.checkpoint and checkpoints.step_of(run.checkpoint) == step:
@@ -414,38 +398,6 @@ def _start_notice(cfg: TrainConfig) -> str:
     evals = f", eval every {cfg.eval_steps} steps" if cfg.eval_steps else ""
     return (f"Training {model} {where} for {steps}: batch {cfg.batch_size} x {cfg.grad_accum} accumulation, "
             f"learning rate {cfg.learning_rate:g}{evals} (config.yaml records every value; flags change them).")
-
-
-def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
-    """Mark the staging folder failed, and tell the user why and how to go on.
-
-    Under a launch, the first process to fail records it (it may not be the main one, which can be blocked in a
-    collective); the launcher then ends the others, so no process waits forever.
-    """
-    where = f"[process {distributed.rank()} of {distributed.world_size()}] " if distributed.world_size() > 1 else ""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        message = oom_advice(cfg, *measure.gpu_peak_and_total_gib())
-    elif isinstance(err, NonFiniteLoss):
-        message = (f"Training stopped: {err}. Lower --learning-rate (now {cfg.learning_rate:g}) or check the data "
-                   "for broken rows.")
-    else:
-        message = f"Training failed: {type(err).__name__}: {err}"
-    intact, _ = checkpoints.newest_intact(staging / files.CHECKPOINTS)
-    failure = {"status": "failed", "reason": where + message, "last_checkpoint": str(intact) if intact else None}
-    try:
-        running = run_record.read(staging)
-    except UsageError:  # a half-written or foreign metrics.json: the failure record replaces it
-        running = None
-    record = running.model_copy(update=failure) if running else run_record.new(**failure)
-    record.model_fields_set.update(failure)
-    if distributed.world_size() == 1 or run_folder.claim_failure(staging):
-        run_record.write(staging, record)
-    resume = (f"The newest intact checkpoint is {intact}; after fixing the cause, --resume continues from it."
-              if intact else "No intact checkpoint was saved (see --save-steps).")
-    print(f"error: {where}{message}\n{resume}\nRun record: {staging / files.METRICS}", file=sys.stderr)
-    if not isinstance(err, (torch.cuda.OutOfMemoryError, NonFiniteLoss)):
-        traceback.print_exception(err, file=sys.stderr)
-    return EXIT_TRAINING_FAILED
 
 
 def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, Any]:
@@ -476,12 +428,12 @@ def _eval_after(trainer: Any, step_log: StepLog, cfg: TrainConfig, has_eval: boo
 def _save_adapter(trainer: Any, model: Any, staging: Path, is_main: bool) -> None:
     """Write the adapter once, from the main process. Under FSDP each process holds only a shard, so all of them
     take part in gathering the full state dict (to the main process's CPU) first."""
+    state_dict = None
     if distributed.fsdp_requested() and distributed.world_size() > 1:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
-        if is_main:
-            model.save_pretrained(staging, state_dict=state_dict)
-    elif is_main:
-        model.save_pretrained(staging)
+    if is_main:
+        with saved_into(staging) as folder:  # whole files only, even on a full disk
+            model.save_pretrained(folder, state_dict=state_dict)
 
 
 def _checkpoint_state(checkpoint: Path) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class StepLog(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         if resume_step and path.exists():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [entry for entry in map(_parsed, path.read_text().splitlines()) if entry]
             self.history = [entry for entry in kept if entry["step"] <= resume_step]
             if write:
                 path.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
@@ -177,6 +177,15 @@ class SealCheckpoints(TrainerCallback):
             checkpoints.seal(folder / f"{checkpoints.PREFIX}{state.global_step}")
             checkpoints.prune(folder, self.keep, state.best_model_checkpoint)
         distributed.wait_for_everyone()  # none goes on to a step whose checkpoint could be pruned unsealed
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """One train_log.jsonl entry; None for a blank line or one a crash or a full disk cut short."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and "step" in entry else None
 
 
 def make_trainer(

@@ -143,3 +143,24 @@ def wait_for_file(process, path: Path, timeout: float = 600) -> None:
         assert process.poll() is None, f"the run ended before {path} appeared"
         assert time.time() < deadline
         time.sleep(0.02)
+
+
+def fill_disk(folder: Path, leave_pages: int = 0) -> Path:
+    """Fill the file system holding `folder` (a tmpfs) with one file, then free `leave_pages` 4 KiB pages of it:
+    the next writes that need more fail with ENOSPC. Returns the filler (delete it to free the disk)."""
+    import os
+
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - 4096 * leave_pages))
+    return filler
