@@ -15,12 +15,12 @@ class DataError(UsageError):
 
 # what a user can do about the filesystem faults a run meets
 _OS_ERROR_ADVICE = {
-    errno.ENOSPC: "the disk is full: free some space or choose another --output-dir",
-    errno.EDQUOT: "the disk quota is used up: free some space or choose another --output-dir",
-    errno.EROFS: "a read-only file system: choose another --output-dir",
-    errno.EACCES: "no permission to write there: choose another --output-dir or fix its permissions",
-    errno.EPERM: "no permission to write there: choose another --output-dir or fix its permissions",
-    errno.ENOTDIR: "a file stands where a folder is expected: choose another --output-dir",
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder",
+    errno.EROFS: "a read-only file system: choose another folder",
+    errno.EACCES: "no permission to write there: choose another folder or fix its permissions",
+    errno.EPERM: "no permission to write there: choose another folder or fix its permissions",
+    errno.ENOTDIR: "a file stands where a folder is expected: choose another folder",
     errno.EISDIR: "a folder stands where a file is expected",
 }
 

@@ -59,7 +59,7 @@ def test_a_full_disk_at_the_start_is_one_line_exit_2_and_the_previous_run_surviv
     result = train(data, out, "--overwrite")
     assert result.exit_code == 2
     one_clear_line(result.output, "No space left on device (the disk is full: free some space or choose another "
-                                  "--output-dir)")
+                                  "folder)")
     assert contents(out) == before
     assert sorted(p.name for p in disk.iterdir()) == ["filler", "run"]  # no staging folder, no lock file
 
@@ -72,7 +72,7 @@ def test_a_read_only_file_system_is_one_line_exit_2_and_the_previous_run_survive
     result = train(data, out, "--overwrite")
     assert result.exit_code == 2
     one_clear_line(result.output, f"{disk}/.run.lock: Read-only file system (a read-only file system: choose "
-                                  "another --output-dir)")
+                                  "another folder)")
     assert contents(out) == before
 
 
@@ -90,5 +90,14 @@ def test_a_file_where_the_output_folder_should_go_is_one_line_exit_2(data, tmp_p
 def test_a_fault_without_a_path_or_advice_is_still_one_line():
     assert describe_os_error(OSError(errno.EIO, "Input/output error")) == "Input/output error"
     assert describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/srv/runs")) == (
-        "/srv/runs: Permission denied (no permission to write there: choose another --output-dir or fix its "
+        "/srv/runs: Permission denied (no permission to write there: choose another folder or fix its "
         "permissions)")
+
+
+def test_a_full_disk_while_the_tokenized_data_cache_is_built_is_one_line_exit_2(data, tmp_path, tmpfs):
+    cache = tmpfs("1m", name="cache")
+    fill_disk(cache, leave_pages=2)
+    result = train(data, tmp_path / "run", "--data-cache", str(cache))
+    assert result.exit_code == 2
+    one_clear_line(result.output, f"error: {cache}", "No space left on device (the disk is full")
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()

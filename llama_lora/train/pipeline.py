@@ -34,6 +34,7 @@ from llama_lora.atomic_files import replaced, saved_into, write_json, write_text
 from llama_lora.backend import Backend
 from llama_lora.data.audit import build_audit, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
+from llama_lora.data import token_cache
 from llama_lora.data.prepare import Prepared, prepare
 from llama_lora.errors import UsageError, describe_os_error
 from llama_lora.model import assets, quantization
@@ -183,7 +184,10 @@ def prepare_data(cfg: TrainConfig, options: RunOptions) -> PreparedData:
     check_model(cfg, path)
     tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
     check_tokenizer_fits(cfg, tokenizer, path)
-    prepared = prepare(cfg, tokenizer)
+    try:
+        prepared = prepare(cfg, tokenizer)
+    except OSError as err:  # writing the tokenized-data cache; a library's error may not name the file
+        raise UsageError(describe_os_error(err, token_cache.cache_dir(cfg.data_cache))) from err
     template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
     # an epoch-based run's default --eval-steps depends on its step count, known now that the data is read
     cfg = with_eval_steps(cfg, len(prepared.train.rows), distributed.world_size())

@@ -78,7 +78,7 @@ def test_a_disk_full_while_the_finished_run_is_saved_fails_with_a_record_and_res
         said = log.read()
     errors = [line for line in said.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: Training failed: {staging}: No space left on device (the disk is full: free some "
-                      "space or choose another --output-dir)"], said[-3000:]
+                      "space or choose another folder)"], said[-3000:]
     assert "Traceback" not in said
     assert f"The newest intact checkpoint is {staging}/checkpoints/checkpoint-2; after fixing the cause, --resume " \
            "continues from it." in said
