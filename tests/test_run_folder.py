@@ -91,3 +91,12 @@ def test_a_finished_run_is_kept_until_the_new_one_is_complete(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == {"status": "completed", "old": False}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging, no set-aside old folder
     assert not (out / files.CHECKPOINTS).exists()
+
+
+def test_the_run_folder_page_names_every_file_a_completed_run_holds():
+    from helpers import REPO
+
+    page = (REPO / "docs" / "run-folder.md").read_text()
+    assert [name for name in files.COMPLETED if f"`{name}`" not in page] == []
+    assert f"`{files.CHECKPOINT_SEAL}`" in page and f"`.<name>{files.STAGING_SUFFIX}/`" in page
+    assert f"`.<name>{files.LOCK_SUFFIX}`" in page

@@ -71,3 +71,12 @@ def test_the_lock_file_is_removed_when_the_run_ends_and_taken_again_by_the_next(
 def test_folders_with_different_names_side_by_side_do_not_block_each_other(tmp_path):
     with run_lock.held(tmp_path / "peft"), run_lock.held(tmp_path / "unsloth"):
         pass
+
+
+def test_a_refused_run_leaves_no_folder_it_made_for_its_lock(tmp_path):
+    with pytest.raises(UsageError), run_lock.held(tmp_path / "new" / "deeper" / "run"):
+        raise UsageError("refused")
+    assert list(tmp_path.iterdir()) == []
+    with run_lock.held(tmp_path / "new" / "run"):
+        (tmp_path / "new" / "run").mkdir()  # the run's folder: what the lock's folder now holds
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["run"]

@@ -33,18 +33,31 @@ def lock_path(output_dir: Path) -> Path:
 def held(output_dir: Path) -> Iterator[None]:
     """Hold the lock of `output_dir` for the block; a UsageError naming the holder when another process has it."""
     path = lock_path(output_dir)
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as err:  # a file where one of the folders should be
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), err.filename) from None
-    fd = _acquire(path, output_dir)
     try:
-        yield
+        fd = _acquire(path, output_dir)
+        try:
+            yield
+        finally:
+            # removed while still held: a run starting now either finds no file (and makes its own) or fails to
+            # lock this one; one that locks it after the close sees it is no longer at the path and tries again
+            path.unlink(missing_ok=True)
+            os.close(fd)
     finally:
-        # removed while still held: a run starting now either finds no file (and makes its own) or fails to lock
-        # this one; one that locks it after the close sees it is no longer at the path and tries again
-        path.unlink(missing_ok=True)
-        os.close(fd)
+        _remove_if_empty(made)  # a refused run leaves no folder behind; a completed one's holds its run
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this run made for its lock that stayed empty, innermost first."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _acquire(path: Path, output_dir: Path) -> int:
