@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,21 @@ def replaced(path: Path) -> Iterator[Path]:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def saved_into(folder: Path) -> Iterator[Path]:
+    """A temporary folder inside `folder` for a library's save of several files (save_pretrained); when the block
+    ends without an error each file is renamed into `folder`, and the temporary folder goes either way: a crash or
+    a full disk never leaves a half-written file under its final name."""
+    tmp = folder / f".saving-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for path in sorted(tmp.iterdir()):
+            path.replace(folder / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,5 +1,9 @@
 """Errors the user can fix; the entry scripts turn them into a message and exit status 2."""
 
+from __future__ import annotations
+
+import errno
+
 
 class UsageError(ValueError):
     """A flag, folder or model that cannot be used as given; the message says what to do instead."""
@@ -7,3 +11,24 @@ class UsageError(ValueError):
 
 class DataError(UsageError):
     """Unusable input data; the message names the file, line or row, the field and what was expected."""
+
+
+# what a user can do about the filesystem faults a run meets
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder",
+    errno.EROFS: "a read-only file system: choose another folder",
+    errno.EACCES: "no permission to write there: choose another folder or fix its permissions",
+    errno.EPERM: "no permission to write there: choose another folder or fix its permissions",
+    errno.ENOTDIR: "a file stands where a folder is expected: choose another folder",
+    errno.EISDIR: "a folder stands where a file is expected",
+}
+
+
+def describe_os_error(err: OSError, where: object = None) -> str:
+    """One line for a filesystem fault: the path (or, when the error names none, `where` it was writing), what the
+    system said, and what to do about it."""
+    paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None) or (where and str(where))
+    what = err.strerror or str(err)
+    advice = _OS_ERROR_ADVICE.get(err.errno)
+    return f"{paths + ': ' if paths else ''}{what}" + (f" ({advice})" if advice else "")

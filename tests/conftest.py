@@ -69,3 +69,26 @@ def tiny_dataset(tmp_path: Path) -> Path:
     write_jsonl(folder / "train.jsonl", rows[4:])
     write_jsonl(folder / "eval.jsonl", rows[:4])
     return folder
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A factory of small, separately mounted file systems (tmpfs) to fill or make read-only, unmounted after the
+    test; skips where mounting is not allowed (mounting needs root)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str = "20m", name: str = "disk") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -13,7 +13,7 @@ from helpers import another_value
 
 from llama_lora.errors import UsageError
 from llama_lora.options.config import Machine, RunOptions, TrainConfig, resolve, save_yaml, to_record
-from llama_lora.run import run_folder
+from llama_lora.run import checkpoints, files, owned, run_folder
 
 CONFIG = resolve(TrainConfig(model="smollm2", dtype="float32"), "peft", Machine(cuda=False))
 
@@ -24,10 +24,13 @@ def interrupted(tmp_path: Path, steps: list[int]) -> Path:
     staging.mkdir()
     save_yaml(CONFIG, staging / "config.yaml")
     for step in steps:
-        folder = staging / run_folder.CHECKPOINTS / f"checkpoint-{step}"
+        folder = staging / files.CHECKPOINTS / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    (staging / run_folder.CHECKPOINTS / "checkpoint-99").mkdir()  # killed while writing: no trainer_state.json
+        checkpoints.seal(folder)
+    half = staging / files.CHECKPOINTS / "checkpoint-99"  # killed while writing: everything but the seal
+    half.mkdir()
+    (half / "trainer_state.json").write_text(json.dumps({"global_step": 99}))
     return staging
 
 
@@ -62,16 +65,19 @@ def test_resume_accepts_the_same_options(tmp_path):
 
 def test_resume_takes_the_latest_complete_checkpoint_or_the_one_named(tmp_path):
     staging = interrupted(tmp_path, [2, 10, 4])
-    checkpoints = staging / run_folder.CHECKPOINTS
-    assert run_folder.resume_checkpoint(staging, "latest") == checkpoints / "checkpoint-10"  # 10 > 4 > 2, by number
-    assert run_folder.resume_checkpoint(staging, str(checkpoints / "checkpoint-2")) == checkpoints / "checkpoint-2"
-    with pytest.raises(UsageError, match="not a complete checkpoint folder"):
-        run_folder.resume_checkpoint(staging, str(checkpoints / "checkpoint-99"))
+    saved = staging / files.CHECKPOINTS
+    latest, passed_over = run_folder.resume_checkpoint(staging, "latest")
+    assert latest == saved / "checkpoint-10"  # 10 > 4 > 2, by number; 99 has no seal
+    assert passed_over == ["checkpoint-99: it has no complete.json: the run stopped while writing it"]
+    assert run_folder.resume_checkpoint(staging, str(saved / "checkpoint-2")) == (saved / "checkpoint-2", [])
+    with pytest.raises(UsageError, match="not a complete checkpoint .it has no complete.json"):
+        run_folder.resume_checkpoint(staging, str(saved / "checkpoint-99"))
 
 
 def test_a_finished_run_is_kept_until_the_new_one_is_complete(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    owned.stamp(out, owned.RUN)  # a run folder this tool made
     (out / "metrics.json").write_text('{"status": "completed", "old": true}')
     with pytest.raises(UsageError, match="already holds a completed run"):
         run_folder.check_destination(out, RunOptions())
@@ -80,8 +86,17 @@ def test_a_finished_run_is_kept_until_the_new_one_is_complete(tmp_path):
     staging = run_folder.staging_dir(out)
     run_folder.reset_staging(staging)
     (staging / "metrics.json").write_text('{"status": "completed", "old": false}')
-    (staging / run_folder.CHECKPOINTS).mkdir()
+    (staging / files.CHECKPOINTS).mkdir()
     run_folder.finish(out, staging)  # only a completed run gets here
     assert json.loads((out / "metrics.json").read_text()) == {"status": "completed", "old": False}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging, no set-aside old folder
-    assert not (out / run_folder.CHECKPOINTS).exists()
+    assert not (out / files.CHECKPOINTS).exists()
+
+
+def test_the_run_folder_page_names_every_file_a_completed_run_holds():
+    from helpers import REPO
+
+    page = (REPO / "docs" / "run-folder.md").read_text()
+    assert [name for name in files.COMPLETED if f"`{name}`" not in page] == []
+    assert f"`{files.CHECKPOINT_SEAL}`" in page and f"`.<name>{files.STAGING_SUFFIX}/`" in page
+    assert f"`.<name>{files.LOCK_SUFFIX}`" in page

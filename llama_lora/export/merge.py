@@ -18,6 +18,7 @@ import torch
 
 from llama_lora.atomic_files import write_json
 from llama_lora.errors import UsageError
+from llama_lora.run import owned
 from llama_lora.run.run_folder import replace_folder
 from llama_lora.use.adapter_checks import compare_logits, logits, prompt_batch
 from llama_lora.use.inference import TrainedRun, device, load_base, load_tuned
@@ -26,9 +27,11 @@ REPORT = "merge.json"
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing folder unless asked."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder")
+    """Refuse to replace an existing folder unless asked, and to ever replace one that is not a merged model this
+    tool made."""
+    owned.check_not_protected(out, "OUT")
+    if overwrite or owned.kind_of(out) != owned.MERGED:
+        owned.check_replaceable(out, owned.MERGED, "--overwrite")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} already exists; --overwrite replaces it (only once the new merge is complete)")
 
@@ -59,8 +62,9 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
     _free()
 
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)  # a new folder: the cleanup below removes only what this merge made
     try:
+        owned.stamp(staging, owned.MERGED)
         model = merged_model(info, dtype)
         model.save_pretrained(staging)  # safetensors by default in transformers 5
         AutoTokenizer.from_pretrained(info.folder).save_pretrained(staging)  # with chat_template.jinja
@@ -74,7 +78,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
         del reloaded
         _free()
         write_json(staging / REPORT, report)
-        replace_folder(out, staging)
+        replace_folder(out, staging, owned.MERGED)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report

@@ -14,7 +14,12 @@ AUDIT = "audit.json"  # the data audit
 SAMPLES = "samples.md"  # base vs tuned answers to held-out prompts
 LOSS_PLOT = "loss_curve.png"  # train and eval loss
 CHECKPOINTS = "checkpoints"  # in the staging folder only: checkpoint-<step>/ for --resume
+CHECKPOINT_SEAL = "complete.json"  # in each checkpoint-<step>/, written last: its files' sizes and hashes
 FAILURE_CLAIM = ".failure-recorded"  # in the staging folder only: the first process of a launch to record a failure
+STAGING_SUFFIX = ".partial"  # beside the run folder: .<name>.partial/, the run until it completes
+LOCK_SUFFIX = ".lock"  # beside the run folder: .<name>.lock, locked by the run writing it (run/run_lock.py)
+OWNER_STAMP = ".llama-lora.json"  # written first into every folder this tool makes: what it is (run/owned.py)
 
 # what a completed run folder holds besides the tokenizer's own files (tokenizer.json, its config, template)
-COMPLETED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, CONFIG, METRICS, TRAIN_LOG, AUDIT, SAMPLES, LOSS_PLOT)
+COMPLETED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, CONFIG, METRICS, TRAIN_LOG, AUDIT, SAMPLES, LOSS_PLOT,
+             OWNER_STAMP)

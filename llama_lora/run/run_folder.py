@@ -18,14 +18,15 @@ import yaml
 
 from llama_lora.errors import UsageError
 from llama_lora.options.config import CONFIG_FIELDS, RunOptions, TrainConfig, computes, to_record
-from llama_lora.run import files
+from llama_lora.run import checkpoints, files, owned
 
 # Options that may change between a crash and its resume: those declared not to change what is computed.
 RESUMABLE_CHANGES = frozenset(name for name in CONFIG_FIELDS if not computes(name))
 
 
 def staging_dir(output_dir: Path) -> Path:
-    return output_dir.with_name(f".{output_dir.name}.partial")
+    """Where a run into `output_dir` lives until it completes: a hidden folder beside it."""
+    return output_dir.with_name(f".{output_dir.name}{files.STAGING_SUFFIX}")
 
 
 def read_status(folder: Path) -> str | None:
@@ -35,40 +36,42 @@ def read_status(folder: Path) -> str | None:
         return None
 
 
-def checkpoints(staging: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (the trainer writes trainer_state.json last)."""
-    folders = (staging / files.CHECKPOINTS).glob("checkpoint-*")
-    complete = [f for f in folders if (f / "trainer_state.json").exists() and f.name.split("-")[-1].isdigit()]
-    return sorted(complete, key=lambda f: int(f.name.split("-")[-1]))
-
-
 def check_destination(output_dir: Path, options: RunOptions) -> None:
-    """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints."""
+    """Refuse to silently overwrite a finished run or to throw away an interrupted one's checkpoints, and to ever
+    replace a folder this tool did not make."""
+    owned.check_not_protected(output_dir, "--output-dir")
     staging = staging_dir(output_dir)
-    if options.resume or options.overwrite:
+    owned.check_replaceable(staging, owned.RUN, "--overwrite")  # a fresh start empties it
+    if options.resume:
         return
-    if output_dir.exists() and any(output_dir.iterdir()):
-        status = read_status(output_dir) or "non-empty"
-        raise UsageError(f"{output_dir} already holds a {status} run; --overwrite replaces it (only once the new "
-                         "run completes), or choose another --output-dir")
-    saved = checkpoints(staging)
+    if options.overwrite or owned.kind_of(output_dir) != owned.RUN:
+        owned.check_replaceable(output_dir, owned.RUN, "--overwrite")
+    if not options.overwrite and output_dir.exists() and any(output_dir.iterdir()):
+        raise UsageError(f"{output_dir} already holds a {read_status(output_dir) or 'non-empty'} run; --overwrite "
+                         "replaces it (only once the new run completes), or choose another --output-dir")
+    if options.overwrite:
+        return
+    saved = checkpoints.sealed(staging / files.CHECKPOINTS)
     if saved:
         raise UsageError(f"{staging} holds an interrupted run (latest checkpoint: {saved[-1].name}); --resume "
                          "continues it, --overwrite discards it")
 
 
-def resume_checkpoint(staging: Path, resume: str) -> Path:
-    """The checkpoint --resume names: the latest complete one, or the folder given."""
+def resume_checkpoint(staging: Path, resume: str) -> tuple[Path, list[str]]:
+    """The checkpoint --resume names: the newest intact one (with a line for each newer one passed over, and why),
+    or the folder given, which must be intact."""
     if resume != "latest":
         given = Path(resume)
-        if not (given / "trainer_state.json").exists():
-            raise UsageError(f"--resume {resume}: not a complete checkpoint folder (no trainer_state.json)")
-        return given
-    saved = checkpoints(staging)
-    if not saved:
-        raise UsageError(f"--resume: no checkpoint to resume from in {staging / files.CHECKPOINTS} "
-                         "(a run saves one every --save-steps steps)")
-    return saved[-1]
+        why = checkpoints.problem(given)
+        if why:
+            raise UsageError(f"--resume {resume}: not a complete checkpoint ({why})")
+        return given, []
+    found, passed_over = checkpoints.newest_intact(staging / files.CHECKPOINTS)
+    if found is None:
+        damaged = "; ".join(passed_over)
+        raise UsageError(f"--resume: no intact checkpoint to resume from in {staging / files.CHECKPOINTS} "
+                         + (f"({damaged})" if damaged else "(a run saves one every --save-steps steps)"))
+    return found, passed_over
 
 
 def check_same_config(staging: Path, cfg: TrainConfig) -> None:
@@ -82,9 +85,16 @@ def check_same_config(staging: Path, cfg: TrainConfig) -> None:
 
 
 def reset_staging(staging: Path) -> None:
-    """An empty staging folder (an earlier attempt's leftovers are discarded)."""
-    shutil.rmtree(staging, ignore_errors=True)
+    """A new staging folder, stamped as this tool's (an earlier attempt's leftovers are discarded)."""
+    owned.check_replaceable(staging, owned.RUN, "--overwrite")
+    if staging.exists():
+        shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    try:
+        owned.stamp(staging, owned.RUN)
+    except OSError:  # a full disk: leave nothing behind
+        staging.rmdir()
+        raise
 
 
 def claim_failure(staging: Path) -> bool:
@@ -105,12 +115,14 @@ def clear_failure_claim(staging: Path) -> None:
 def finish(output_dir: Path, staging: Path) -> None:
     """Drop the checkpoints and move the completed staging folder into place, replacing an older run."""
     shutil.rmtree(staging / files.CHECKPOINTS, ignore_errors=True)
-    replace_folder(output_dir, staging)
+    replace_folder(output_dir, staging, owned.RUN)
 
 
-def replace_folder(dest: Path, staging: Path) -> None:
-    """Rename a finished staging folder to `dest`; an older `dest` is set aside first and removed only after."""
+def replace_folder(dest: Path, staging: Path, kind: str) -> None:
+    """Rename a finished staging folder to `dest`; an older `dest` (empty, or this tool's of the same kind: checked
+    again here, where it is removed) is set aside first and removed only after."""
     if dest.exists():
+        owned.check_replaceable(dest, kind, "--overwrite")
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         dest.rename(old)
         staging.rename(dest)

@@ -19,8 +19,10 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from llama_lora import distributed
 from llama_lora.options.batching import batch_layout, check_effective, computed_tokens, sft_fields
 from llama_lora.options.config import CONFIG_FIELDS, TrainConfig, recorded_path
+from llama_lora.run import checkpoints
 
 TRAINING_ARGS = "training_args."
 # metrics.json records the trainer's effective value of every SFTConfig field an option declares as its recorded
@@ -80,7 +82,9 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
         eval_steps=cfg.eval_steps if evaluate else None,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=max(cfg.save_steps, 1),
-        save_total_limit=cfg.keep_checkpoints,
+        # kept to --keep-checkpoints by SealCheckpoints, after a newer one is sealed: the trainer's own pruning runs
+        # before a checkpoint is complete, so a kill then could leave none
+        save_total_limit=None,
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
@@ -118,7 +122,7 @@ class StepLog(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         if resume_step and path.exists():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [entry for entry in map(_parsed, path.read_text().splitlines()) if entry]
             self.history = [entry for entry in kept if entry["step"] <= resume_step]
             if write:
                 path.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
@@ -158,6 +162,32 @@ class StepLog(TrainerCallback):
                 f.write(json.dumps(entry) + "\n")
 
 
+class SealCheckpoints(TrainerCallback):
+    """Seals each checkpoint once every process has written its part (run/checkpoints.py: complete only then),
+    then prunes the older ones to --keep-checkpoints (and the best one, which early stopping returns to)."""
+
+    def __init__(self, keep: int, write: bool = True):
+        self.keep = keep
+        self.write = write  # the main process seals and prunes; the others only wait for it
+
+    def on_save(self, args, state, control, **kwargs):
+        distributed.wait_for_everyone()  # every process's shard of the checkpoint is on disk
+        if self.write:
+            folder = Path(args.output_dir)
+            checkpoints.seal(folder / f"{checkpoints.PREFIX}{state.global_step}")
+            checkpoints.prune(folder, self.keep, state.best_model_checkpoint)
+        distributed.wait_for_everyone()  # none goes on to a step whose checkpoint could be pruned unsealed
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """One train_log.jsonl entry; None for a blank line or one a crash or a full disk cut short."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and "step" in entry else None
+
+
 def make_trainer(
     model: Any,
     tokenizer: Any,
@@ -193,6 +223,22 @@ def make_trainer(
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+        # True when resuming from a checkpoint of the run's last step (planned_training_done): nothing is left to train
+        training_done = False
+
+        def stop_requested(self) -> bool:
+            """Replaced by the run's signal handling (preemption.GracefulStop.requested)."""
+            return False
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):  # noqa: ANN001
+            # The trainer stops at --max-steps only after a step: resumed from the last step's checkpoint it would
+            # train one more. With no batches it takes no step, and still finishes (early stopping's best adapter,
+            # the trackers' end of run) as after the last step. A signal that arrived after a step's last hook stops
+            # the run here too, before another step (GracefulStop checkpoints that step at the epoch's end).
+            if self.training_done or self.state.global_step >= self.state.max_steps or self.stop_requested():
+                return [], None
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     trainer = LoraSFTTrainer(
         model=model,
         args=args,
@@ -203,6 +249,30 @@ def make_trainer(
     )
     check_effective(batching, bool(trainer.args.packing), bool(trainer.args.padding_free))
     return trainer
+
+
+def planned_training_done(state: dict[str, Any]) -> bool:
+    """True when a checkpoint's trainer state (trainer_state.json) is of the run's last step: every planned step
+    trained, or early stopping had run out of patience."""
+    patience, waited = _early_stopping_state(state)
+    return state["global_step"] >= state["max_steps"] or 0 < patience <= waited
+
+
+def restore_patience(trainer: SFTTrainer, state: dict[str, Any]) -> None:
+    """Early stopping's count of evaluations without improvement, as the checkpoint recorded it (the trainer would
+    start it again at 0), so a resumed run stops where the uninterrupted one would."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, EarlyStoppingCallback):
+            callback.early_stopping_patience_counter = _early_stopping_state(state)[1]
+
+
+def _early_stopping_state(state: dict[str, Any]) -> tuple[int, int]:
+    """(patience, evaluations without improvement so far) as a checkpoint's trainer state records early stopping;
+    (0, 0) for a run without it."""
+    saved = state.get("stateful_callbacks", {}).get(EarlyStoppingCallback.__name__) or {}
+    saved = saved[-1] if isinstance(saved, list) else saved
+    return (saved.get("args", {}).get("early_stopping_patience") or 0,
+            saved.get("attributes", {}).get("early_stopping_patience_counter", 0))
 
 
 def effective_args(trainer: SFTTrainer) -> dict[str, Any]:

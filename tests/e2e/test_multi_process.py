@@ -67,7 +67,8 @@ def test_only_the_main_process_writes_the_run_folder_once(launched):
     out, result = launched
     assert {p.name for p in out.iterdir()} == {
         "adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json",
-        "chat_template.jinja", "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json"}
+        "chat_template.jinja", "config.yaml", "metrics.json", "train_log.jsonl", "loss_curve.png", "audit.json",
+        ".llama-lora.json"}
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no staging or temp left
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
     assert result.stdout.count("Saved adapter and run record") == 1

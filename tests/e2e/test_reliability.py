@@ -1,7 +1,11 @@
 """A run survives what real runs meet: a SIGKILL mid-way (resume gives the same result), a SIGTERM (pre-emption:
-checkpoint, stop, resume), a NaN loss (also under --overwrite: the old run stays), an existing run folder, pruned
-checkpoints and --resume from a named one or with changed options, early stopping, and a planted hub token that
-must never reach a file or a log."""
+checkpoint, stop, resume) in every phase of a run (before training, in a step, in an evaluation, in the last step,
+in the samples) and a kill while the finished run is saved, each resumed to exactly the uninterrupted run; a
+second run into the same folder, a NaN loss (also under --overwrite: the old run stays), an existing run folder,
+pruned checkpoints and --resume from a named one or with changed options, early stopping, and a planted hub token
+that must never reach a file or a log.
+
+The learning rate is constant, so a step trained twice or once too often would show in the adapter."""
 
 from __future__ import annotations
 
@@ -17,13 +21,13 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import REPO, read_metrics, wait_for_logged_steps
+from helpers import REPO, phase_marking, read_metrics, wait_for_file, wait_for_logged_steps
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 FLAGS = ["--max-steps", "6", "--save-steps", "2", "--samples", "0", "--batch-size", "2", "--grad-accum", "1",
-         "--learning-rate", "1e-3", "--r", "8", "--dtype", "float32"]
+         "--learning-rate", "1e-3", "--lr-scheduler", "constant", "--r", "8", "--dtype", "float32"]
 PLANTED_TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
 
 
@@ -98,7 +102,7 @@ def test_sigkilled_run_resumes_to_the_same_loss_and_adapter(uninterrupted, scrip
     process = subprocess.Popen(command(data, out, script=script), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not (staging / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+    while not (staging / "checkpoints" / "checkpoint-4" / "complete.json").exists():  # sealed: complete
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)
@@ -162,6 +166,7 @@ def test_a_second_signal_stops_at_once():
     script = ("import os, signal, time\n"
               "from llama_lora.train.preemption import GracefulStop\n"
               "stop = GracefulStop()\n"
+              "stop.install()\n"
               "stop.on_train_begin(None, None, None)\n"
               "os.kill(os.getpid(), signal.SIGTERM)\n"
               "time.sleep(0.5)\n"
@@ -291,7 +296,8 @@ def test_early_stopping_keeps_the_best_adapter(uninterrupted, script):
     out = straight.parent / f"early-{script[:-3]}"
     # A learning rate this high makes eval loss rise soon, so patience 1 stops the run.
     result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "2e-2", "--max-steps", "12",
-                         "--early-stopping-patience", "1", "--eval-fraction", "0.2", script=script))
+                         "--early-stopping-patience", "1", "--eval-fraction", "0.2", "--lr-scheduler", "linear",
+                         script=script))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
     early = metrics["early_stopping"]
@@ -302,3 +308,137 @@ def test_early_stopping_keeps_the_best_adapter(uninterrupted, script):
     # deterministic on CPU: eval loss falls at step 2, rises at step 4, and patience 1 ends the run there
     assert early["stopped_early"] and early["best_step"] < metrics["steps"] < 12
     assert [e["step"] for e in early["evaluations"]] == list(range(2, metrics["steps"] + 1, 2))
+
+
+def same_as(straight: Path, out: Path) -> None:
+    """The resumed run equals the uninterrupted one: steps, per-step losses, eval losses, and the adapter bit for bit."""
+    a, b = read_metrics(straight), read_metrics(out)
+    assert b["status"] == "completed" and b["steps"] == a["steps"] == 6
+    assert losses(out) == losses(straight)
+    assert b["eval_loss"]["after"] == pytest.approx(a["eval_loss"]["after"], rel=1e-6)
+    ours, theirs = load_file(out / "adapter_model.safetensors"), load_file(straight / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def stop_and_signal(process: subprocess.Popen, signum: int) -> None:
+    """Freeze the process where it is, send it the signal, and let it go on (it handles the signal there)."""
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signum)
+    process.send_signal(signal.SIGCONT)
+
+
+def test_sigterm_in_the_last_step_then_resume_trains_nothing_and_equals_the_uninterrupted_run(uninterrupted,
+                                                                                            tmp_path):
+    straight, _ = uninterrupted
+    out = straight.parent / "last-step"
+    staging = out.with_name(f".{out.name}.partial")
+    args = command(straight.parent / "data.jsonl", out)
+    marked, env = phase_marking(tmp_path / "marks")
+    process = subprocess.Popen([*marked, *args[1:]], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    wait_for_file(process, tmp_path / "marks" / "step-5")  # the sixth and last step begins
+    stop_and_signal(process, signal.SIGTERM)
+    assert process.wait(timeout=600) == 75
+    record = read_metrics(staging)
+    assert record["status"] == "interrupted" and record["interrupted_at_step"] == 6
+    assert record["last_checkpoint"] == str(staging / "checkpoints" / "checkpoint-6")
+    shutil.copytree(staging, staging.with_name(".end-phase.partial"))  # for the next test: the same state
+
+    resumed = run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Training had finished at step 6: evaluating, sampling and saving without training" in resumed.stdout
+    metrics = read_metrics(out)
+    assert metrics["resumed_from_step"] == 6 and metrics["tokens"]["per_second"] is None  # nothing trained
+    same_as(straight, out)
+
+
+def test_sigterm_in_the_samples_and_a_kill_while_saving_each_resume_to_the_uninterrupted_run(uninterrupted, tmp_path):
+    straight, _ = uninterrupted
+    out = straight.parent / "end-phase"  # resumes the state the last test's run was interrupted in
+    staging = out.with_name(f".{out.name}.partial")
+    if not staging.exists():
+        pytest.skip("needs the interrupted run of test_sigterm_in_the_last_step_...")
+    args = [*command(straight.parent / "data.jsonl", out)[1:], "--resume", "--samples", "1",
+            "--sample-max-tokens", "48"]
+    marked, env = phase_marking(tmp_path / "marks")
+    with (tmp_path / "samples.log").open("w+") as log:
+        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for_file(process, tmp_path / "marks" / "samples-0")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=600) == 75
+        log.seek(0)
+        said = log.read()
+    assert "SIGTERM received while answering the sample prompts: stopping that now; training is complete and " \
+           "checkpointed, and --resume finishes the run without training" in said
+    assert "Run the same command with --resume to finish the run (evaluation, samples, save) without training" in said
+    record = read_metrics(staging)
+    assert record["reason"] == "stopped on SIGTERM after training, while answering the sample prompts"
+    assert record["last_checkpoint"] == str(staging / "checkpoints" / "checkpoint-6")
+    assert not (staging / "samples.md").exists() and not out.exists()
+
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for_file(process, staging / "adapter_model.safetensors")  # the finished run is being saved
+    stop_and_signal(process, signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "the run completed before it could be killed"
+
+    resumed = run([sys.executable, *args])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "samples.md").exists()
+    same_as(straight, out)
+
+
+def test_sigterm_in_an_evaluation_checkpoints_its_step_without_another_and_a_second_run_is_refused(uninterrupted,
+                                                                                                  tmp_path):
+    straight, _ = uninterrupted
+    out = tmp_path / "evaluating"
+    staging = out.with_name(f".{out.name}.partial")
+    # a longer evaluation, at step 2, and no checkpoint due there: only the signal makes one
+    args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5", "--save-steps", "4"]
+    marked, env = phase_marking(tmp_path / "marks")
+    with (tmp_path / "eval.log").open("w+") as log:
+        first = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for_file(first, tmp_path / "marks" / "evaluate-1")  # the evaluation at step 2 begins
+        first.send_signal(signal.SIGSTOP)
+        second = run([sys.executable, *args])  # a second run into the same folder meanwhile
+        assert second.returncode == 2
+        assert f"{out}: another run is writing to it (process {first.pid} on " in second.stderr
+        stop_and_signal(first, signal.SIGTERM)
+        assert first.wait(timeout=600) == 75
+        log.seek(0)
+        said = log.read()
+    assert "SIGTERM received during the evaluation at step 2: finishing it, then saving a checkpoint of step 2 " \
+           "and stopping, without training another step" in said
+    record = read_metrics(staging)
+    assert record["status"] == "interrupted" and record["interrupted_at_step"] == 2
+    assert [json.loads(line)["step"] for line in (staging / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((staging / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())[
+        "log_history"][-1]["eval_loss"] > 0  # the evaluation finished and is in the checkpoint
+    assert (staging / "checkpoints" / "checkpoint-2" / "complete.json").exists()
+
+
+def test_sigterm_before_training_stops_at_the_first_evaluation_and_the_same_command_starts_again(uninterrupted,
+                                                                                                  tmp_path):
+    straight, _ = uninterrupted
+    out = tmp_path / "early"
+    staging = out.with_name(f".{out.name}.partial")
+    args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5"]
+    marked, env = phase_marking(tmp_path / "marks")
+    with (tmp_path / "early.log").open("w+") as log:
+        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for_file(process, tmp_path / "marks" / "evaluate-0")  # the evaluation before training begins
+        stop_and_signal(process, signal.SIGTERM)
+        assert process.wait(timeout=600) == 75
+        log.seek(0)
+        said = log.read()
+    assert "SIGTERM received while evaluating the model before training: stopping before training starts" in said
+    assert "Run the same command again to start the run (there is no checkpoint to --resume from)" in said
+    record = read_metrics(staging)
+    assert record["status"] == "interrupted" and record["interrupted_at_step"] == 0
+    assert record["reason"] == "stopped on SIGTERM before training (evaluating the model before training)"
+    assert record["last_checkpoint"] is None and not (staging / "train_log.jsonl").exists()
+    from llama_lora.options.config import RunOptions
+    from llama_lora.run import run_folder
+
+    run_folder.check_destination(out, RunOptions())  # the same command may start it again

@@ -1,10 +1,12 @@
 """Helpers the tests share: the repository path, loading a script as a module, reading a run folder's record,
-waiting on a running training process, and writing tiny datasets."""
+waiting on a running training process, running one with markers of its phases, writing tiny datasets, and making a
+run folder without training."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +98,103 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def dialogue(question: str, answer: str) -> dict:
     return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
+
+
+def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object) -> Path:
+    """A run folder as a training script leaves it, with a random (untrained) adapter (built in seconds: the embedded
+    SmolLM2 with a real PEFT LoRA adapter whose B matrices are random, so it visibly changes the model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_lora.options.config import Machine, TrainConfig, resolve, save_yaml
+    from llama_lora.run import owned
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False, **lora)
+    folder.mkdir(parents=True)
+    owned.stamp(folder, owned.RUN)
+    get_peft_model(base, config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32"), "peft", Machine(cuda=False))
+    save_yaml(cfg, folder / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
+        "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
+    return folder
+
+
+PHASE_MARKS = """
+import os, runpy, sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))  # the repository, for llama_lora
+import trl
+
+from llama_lora.train import samples
+
+marks = Path(os.environ["PHASE_MARKS"])
+
+
+def marking(owner, name, mark):
+    original = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        (marks / f"{mark}-{len(list(marks.glob(mark + '-*')))}").touch()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+marking(trl.SFTTrainer, "training_step", "step")
+marking(trl.SFTTrainer, "evaluate", "evaluate")
+marking(samples, "before_and_after", "samples")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def phase_marking(marks: Path) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) that runs the entry script named next (the PEFT one: Unsloth must be imported
+    first) unchanged, except that every training step, evaluation and the sample answers first touch a marker file
+    in `marks` (step-0 as the first step begins, step-1, ...; evaluate-0 before training, evaluate-1 at the first
+    evaluation during training, ...; samples-0), so a test can signal a real run in a known phase."""
+    import os
+
+    marks.mkdir(parents=True, exist_ok=True)
+    wrapper = marks / "phase_marks.py"
+    wrapper.write_text(PHASE_MARKS)
+    return [sys.executable, str(wrapper)], {**os.environ, "PHASE_MARKS": str(marks)}
+
+
+def wait_for_file(process, path: Path, timeout: float = 600) -> None:
+    """Wait until `path` exists while `process` runs (fails if it ends first or the timeout passes)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def fill_disk(folder: Path, leave_pages: int = 0) -> Path:
+    """Fill the file system holding `folder` (a tmpfs) with one file, then free `leave_pages` 4 KiB pages of it:
+    the next writes that need more fail with ENOSPC. Returns the filler (delete it to free the disk)."""
+    import os
+
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - 4096 * leave_pages))
+    return filler
