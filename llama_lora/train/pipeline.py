@@ -28,7 +28,7 @@ from llama_lora.data.prepare import prepare
 from llama_lora.errors import UsageError
 from llama_lora.model import assets, quantization
 from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_advice
-from llama_lora.options import tracking
+from llama_lora.options import remote_code, tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
 from llama_lora.run import files, measure, run_folder, run_record
@@ -43,7 +43,8 @@ EXIT_BAD_INPUT = 2
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
-    tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
+    with remote_code.explained(path):
+        tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
     template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.
@@ -65,7 +66,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     if options.plan:
         from llama_lora.model.memory_plan import parse_launch, plan, print_plan
 
-        print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan)))
+        print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan), options.trust_remote_code))
         return 0
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
@@ -74,9 +75,9 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
         run_folder.check_destination(output_dir, options)
     set_seed(cfg.seed)
     path = assets.model_path(cfg.model)
-    check_model(cfg, path)
-    tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
-    check_tokenizer_fits(cfg, tokenizer, path)
+    check_model(cfg, path, options.trust_remote_code)
+    tokenizer, template = load_tokenizer(path, options.trust_remote_code)
+    check_tokenizer_fits(cfg, tokenizer, path, options.trust_remote_code)
     prepared = prepare(cfg, tokenizer)
     template = prepared.template or template  # tool-calling data may have needed the Llama 3.1 template
     # an epoch-based run's default --eval-steps depends on its step count, known now that the data is read
@@ -123,7 +124,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     }
     try:
         metrics = _load_train_measure(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
-                         prepared.labels)
+                         prepared.labels, options.trust_remote_code)
     except Interrupted as stop:
         return _interrupted(staging, stop)
     except Exception as err:  # anything that ends training: record it, keep the checkpoints, say what to do
@@ -202,12 +203,13 @@ def _fail(cfg: TrainConfig, staging: Path, err: BaseException) -> int:
 
 def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer: Any,
                         train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], staging: Path,
-                        checkpoint: Path | None, labels: list[str] | None = None) -> run_record.RunRecord:
+                        checkpoint: Path | None, labels: list[str] | None = None,
+                        trust_remote_code: bool = False) -> run_record.RunRecord:
     """Load, wrap, evaluate, train (from a checkpoint when resuming), evaluate, sample, save the adapter."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
-    model = backend.load(cfg, path)
+    model = backend.load(cfg, path, trust_remote_code)
     quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()
