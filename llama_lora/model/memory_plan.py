@@ -171,7 +171,7 @@ def plan(cfg: TrainConfig, path: str, launch: Launch, trust_remote_code: bool = 
     except (OSError, ValueError) as err:
         refused = remote_code.needs_flag(err, f"--model {cfg.model}")
         raise UsageError(refused or f"--model {cfg.model}: cannot read its config.json ({err})") from err
-    model = meta_model(config)
+    model = meta_model(config, trust_remote_code)
     sizes = lora_parameters(model, cfg)
     # The PEFT backend calls prepare_model_for_kbit_training for QLoRA except under FSDP (lora_peft_finetuning.py)
     activations = activation_bytes(model, cfg, fp32_stream=cfg.load_in_4bit and not launch.fsdp)

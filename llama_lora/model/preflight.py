@@ -24,7 +24,7 @@ def check_model(cfg: TrainConfig, path: str, trust_remote_code: bool = False) ->
         raise UsageError(f"--max-seq-length {cfg.max_seq_length} is above {cfg.model}'s limit of {limit} positions")
     if "all-linear" in cfg.target_modules:
         return
-    linear = linear_module_names(config)
+    linear = linear_module_names(config, trust_remote_code)
     missing = [name for name in cfg.target_modules if name not in linear]
     if missing:
         raise UsageError(f"--target-modules: {', '.join(missing)} not found in {cfg.model}; its linear modules are "
@@ -47,9 +47,9 @@ def check_tokenizer_fits(cfg: TrainConfig, tokenizer: Any, path: str, trust_remo
             "with the adapter. Put the model's own tokenizer in its folder.")
 
 
-def linear_module_names(config: Any) -> set[str]:
+def linear_module_names(config: Any, trust_remote_code: bool = False) -> set[str]:
     """Short names of the model's linear layers, from an empty (meta-device) model: no weights, no memory."""
-    return {name.rsplit(".", 1)[-1] for name in linear_layers(meta_model(config))}
+    return {name.rsplit(".", 1)[-1] for name in linear_layers(meta_model(config, trust_remote_code))}
 
 
 def oom_advice(cfg: TrainConfig, peak_gib: float, total_gib: float) -> str:
