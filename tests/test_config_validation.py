@@ -84,6 +84,7 @@ def test_empty_text_is_refused_never_taken_for_the_default(flag: str, value: str
     ("use_dora: 1", "use_dora: expected true or false, got 1"),
     ("lr_scheduler: 3", "lr_scheduler: expected a string, got 3"),
     ("model: [a, b]", "model: expected a string, got ['a', 'b']"),
+    ("r: null", "r: expected a value, got null (only options whose default is auto take null)"),
     ("target_modules: [1, 2]", "target_modules: expected module names (a comma-separated string or a list of "
                                "strings), got [1, 2]"),
 ])
@@ -110,3 +111,18 @@ def test_messages_name_the_type_in_words():
         build({"batch_size": "four"})
     with pytest.raises(ConfigError, match="^epochs: expected a number, got 'x'$"):
         build({"epochs": "x"})
+
+
+def test_a_yaml_syntax_error_is_one_line_with_the_file_line_and_column(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("r: 8\nseed: [1,\n")
+    output = refused("--config", str(path))
+    assert output.strip().splitlines()[-1] == (f"Error: {path}:3:1: not valid YAML: expected the node content, but "
+                                               "found '<stream end>'")
+
+
+def test_auto_options_take_null_in_yaml(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lora_alpha: null\nmax_steps: null\n")
+    code, cfg, output = capture_cli("--config", str(path), "--r", "4")
+    assert code == 0 and cfg.lora_alpha == 8, output

@@ -249,8 +249,10 @@ def load_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
         text = path.read_text()
         data = yaml.safe_load(text) or {}
         lines = _key_lines(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config file: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(path, err)) from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
     values = {}
@@ -262,12 +264,20 @@ def load_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
                 raise ConfigError(remote_code.saved_request_refused(where))
             continue
         if name not in CONFIG_FIELDS:
-            raise ConfigError(f"{where}: unknown option '{key}'. Known options: {', '.join(CONFIG_FIELDS)}")
+            raise ConfigError(f"{where}: unknown option {str(key)!r}. Known options: {', '.join(CONFIG_FIELDS)}")
         try:
-            values[name] = coerce(name, value)
+            values[name] = coerce(name, value, str(key))  # named as the file spells it
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from err
     return values
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: the file, line and column, and the problem."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err)
+    return f"{where}: not valid YAML: {' '.join(problem.split())}"
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -281,11 +291,15 @@ def _key_lines(text: str) -> dict[str, int]:
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def coerce(name: str, value: Any) -> Any:
-    """A YAML or CLI value as the field's type, or a ConfigError naming the field. The type must match: a float or a
-    boolean is never turned into an integer (`r: 1.9`, `r: true`), nor a number into a string."""
+def coerce(name: str, value: Any, label: str | None = None) -> Any:
+    """A YAML or CLI value as the field's type, or a ConfigError naming it as `label` (default: the field's name).
+    The type must match: a float or a boolean is never turned into an integer (`r: 1.9`, `r: true`), nor a number
+    into a string."""
+    label = label or name
     if value is None:
-        return None
+        if CONFIG_FIELDS[name].default is None:
+            return None  # "auto"
+        raise ConfigError(f"{label}: expected a value, got null (only options whose default is auto take null)")
     if name == "role_map" and isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if name == "report_to" and isinstance(value, (list, tuple)):
@@ -293,15 +307,15 @@ def coerce(name: str, value: Any) -> Any:
     if name == "target_modules":
         items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else None
         if items is None or not all(isinstance(item, str) for item in items):
-            raise ConfigError(f"target_modules: expected module names (a comma-separated string or a list of "
-                              f"strings), got {value!r}")
+            raise ConfigError(f"{label}: expected module names (a comma-separated string or a list of strings), "
+                              f"got {value!r}")
         modules = tuple(item.strip() for item in items if item.strip())
         if not modules:
-            raise ConfigError("target_modules: expected at least one module name")
+            raise ConfigError(f"{label}: expected at least one module name")
         return modules
     kind = value_type(name)
     if not _is_a(value, kind):
-        raise ConfigError(f"{name}: expected {TYPE_NAMES[kind]}, got {value!r}")
+        raise ConfigError(f"{label}: expected {TYPE_NAMES[kind]}, got {value!r}")
     return float(value) if kind is float else value
 
 

@@ -23,6 +23,7 @@ from llama_lora.options.config import (
     RunOptions,
     TrainConfig,
     build,
+    coerce,
     detect_machine,
     flag,
     load_yaml,
@@ -65,7 +66,7 @@ def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Pa
     values = load_yaml(config_file, trust_remote_code) if config_file else {}
     for name, value in flags.items():
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            values[name] = value
+            values[name] = coerce(name, value, flag(name))  # a message names the flag typed
     return build(values)
 
 
