@@ -17,7 +17,7 @@ from llama_lora.options.config import TrainConfig
 from llama_lora.train.cli import build_cli
 
 
-def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
+def load_arguments(cfg: TrainConfig, fsdp: bool, device: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """from_pretrained's keyword arguments: NF4 4-bit or 16-bit, on this process's device, or for FSDP-QLoRA none."""
     import torch
 
@@ -32,11 +32,11 @@ def load_arguments(cfg: TrainConfig, fsdp: bool, device: str) -> dict[str, Any]:
         # DDP and single runs put the whole model on this process's device.
         "device_map": None if fsdp else {"": device},
         "use_safetensors": True,  # never unpickle .bin weights: pickle can run code
-        "trust_remote_code": cfg.trust_remote_code,
+        "trust_remote_code": trust_remote_code,  # --trust-remote-code only
     }
 
 
-def load(cfg: TrainConfig, path: str) -> object:
+def load(cfg: TrainConfig, path: str, trust_remote_code: bool = False) -> object:
     """Load the base model (NF4 4-bit or 16-bit) and wrap it with a PEFT LoRA adapter."""
     # Imported here, like Unsloth in the other script, so `--help` stays instant and both scripts' start-up match.
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -45,7 +45,7 @@ def load(cfg: TrainConfig, path: str) -> object:
     from llama_lora import distributed
 
     fsdp = distributed.fsdp_requested()
-    model = AutoModelForCausalLM.from_pretrained(path, **load_arguments(cfg, fsdp, str(distributed.device())))
+    model = AutoModelForCausalLM.from_pretrained(path, **load_arguments(cfg, fsdp, str(distributed.device()), trust_remote_code))
     # prepare_model_for_kbit_training upcasts every non-quantized weight to float32; FSDP needs one dtype per
     # flat parameter, so under FSDP the weights stay in the storage dtype and the trainer only enables checkpointing.
     if cfg.load_in_4bit and not fsdp:

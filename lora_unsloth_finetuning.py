@@ -39,7 +39,7 @@ def import_unsloth() -> None:
     import unsloth  # noqa: F401
 
 
-def load(cfg: TrainConfig, path: str) -> object:
+def load(cfg: TrainConfig, path: str, trust_remote_code: bool = False) -> object:
     """Load the base model with FastLanguageModel and wrap it with Unsloth's LoRA."""
     import torch
     from unsloth import FastLanguageModel
@@ -50,7 +50,7 @@ def load(cfg: TrainConfig, path: str) -> object:
         dtype=getattr(torch, cfg.dtype),
         load_in_4bit=cfg.load_in_4bit,
         use_safetensors=True,  # never unpickle .bin weights: pickle can run code
-        trust_remote_code=cfg.trust_remote_code,
+        trust_remote_code=trust_remote_code,  # --trust-remote-code only
     )
     return FastLanguageModel.get_peft_model(
         model,

@@ -25,6 +25,7 @@ import click
 
 from llama_lora import quiet
 from llama_lora.errors import UsageError
+from llama_lora.options import remote_code
 from llama_lora.options.config import DTYPES
 
 REPO = Path(__file__).resolve().parent
@@ -61,6 +62,7 @@ def generation_options(command: Any) -> Any:
         click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come."),
         click.option("--no-adapter", is_flag=True, help="Answer with the base model alone (adapter disabled)."),
         BASE,
+        remote_code.option,
     ]):
         command = option(command)
     return command
@@ -74,7 +76,7 @@ def generation_options(command: Any) -> Any:
 @generation_options
 def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, system: str | None,
              max_new_tokens: int, temperature: float, top_p: float, seed: int, stream: bool, no_adapter: bool,
-             base_model: str | None) -> None:
+             base_model: str | None, trust_remote_code: bool) -> None:
     """Answer prompts with the run's base model + adapter, using its chat template."""
     from llama_lora.use import inference
 
@@ -84,7 +86,7 @@ def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, sys
             conversations += inference.read_prompts(prompts_file)
         if not conversations:
             raise UsageError("nothing to answer: give --prompt TEXT or --prompts-file FILE")
-        info = inference.read_run(run, base_model)
+        info = inference.read_run(run, base_model, trust_remote_code)
     from transformers import TextStreamer, set_seed
 
     model, tokenizer = inference.load_tuned(info)
@@ -107,7 +109,7 @@ def generate(run: Path, prompts: tuple[str, ...], prompts_file: Path | None, sys
 @RUN
 @generation_options
 def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int,
-         stream: bool, no_adapter: bool, base_model: str | None) -> None:
+         stream: bool, no_adapter: bool, base_model: str | None, trust_remote_code: bool) -> None:
     """Talk with the run's model, turn after turn, in its chat template (the history is kept).
 
     Type a message and press Enter; /reset forgets the conversation, /system TEXT sets the system prompt,
@@ -117,7 +119,7 @@ def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float,
     from llama_lora.use.chat import HELP, Conversation, command
 
     with usage_errors():
-        info = inference.read_run(run, base_model)
+        info = inference.read_run(run, base_model, trust_remote_code)
     from transformers import TextStreamer, set_seed
 
     model, tokenizer = inference.load_tuned(info)
@@ -160,7 +162,8 @@ def chat(run: Path, system: str | None, max_new_tokens: int, temperature: float,
               show_default=True, help="Weights of the merged model.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @BASE
-def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | None) -> None:
+@remote_code.option
+def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | None, trust_remote_code: bool) -> None:
     """Merge the adapter into its base and save a standalone model (safetensors + tokenizer) to OUT.
 
     A QLoRA run's base is dequantized from NF4 first, so the adapter lands on the weights it trained with.
@@ -169,7 +172,7 @@ def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | N
     from llama_lora.use import inference
 
     with usage_errors():
-        info = inference.read_run(run, base_model)
+        info = inference.read_run(run, base_model, trust_remote_code)
         merging.check_destination(out, overwrite)
         report = merging.merge(info, out, dtype, overwrite)
     click.echo(f"Merged {run} into {'the NF4-dequantized' if info.load_in_4bit else 'the'} base and saved {dtype} "
@@ -183,7 +186,8 @@ def merge(run: Path, out: Path, dtype: str, overwrite: bool, base_model: str | N
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-p", "--prompt", default="Why do we have seasons?", show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
-def swap(runs: tuple[Path, ...], prompt: str, max_new_tokens: int) -> None:
+@remote_code.option
+def swap(runs: tuple[Path, ...], prompt: str, max_new_tokens: int, trust_remote_code: bool) -> None:
     """Load several adapters onto one base model and answer with each in turn, then with none.
 
     The base loads once; switching is peft's set_adapter / disable_adapter, no weights reload.
@@ -191,13 +195,13 @@ def swap(runs: tuple[Path, ...], prompt: str, max_new_tokens: int) -> None:
     from llama_lora.use import inference
 
     with usage_errors():
-        infos = [inference.read_run(run) for run in runs]
+        infos = [inference.read_run(run, trust_remote_code=trust_remote_code) for run in runs]
         if len({info.base for info in infos}) > 1:
             raise UsageError("adapters can share a base only if they were trained on the same one: "
                              + ", ".join(f"{i.folder} -> {i.base}" for i in infos))
         names = _adapter_names(runs)
     model = inference.load_adapters(infos[0], dict(zip(names, runs)))
-    tokenizer = inference.load_tokenizer(runs[0])
+    tokenizer = inference.load_tokenizer(runs[0], trust_remote_code)
     weight = model.get_base_model().get_input_embeddings().weight
     where = weight.data_ptr()
     prompt_ids = inference.chat_ids(tokenizer, [{"role": "user", "content": prompt}])
@@ -226,12 +230,13 @@ def _adapter_names(runs: tuple[Path, ...]) -> list[str]:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Compute dtype for the logit comparison (float32 separates loaders from rounding).")
 @BASE
-def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> None:
+@remote_code.option
+def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None, trust_remote_code: bool) -> None:
     """Portability: will the adapter serve in vLLM, does plain PEFT load it, does Unsloth compute the same?"""
     from llama_lora.use import adapter_checks, inference
 
     with usage_errors():
-        info = inference.read_run(run, base_model)
+        info = inference.read_run(run, base_model, trust_remote_code)
     warnings = adapter_checks.vllm_warnings(run)
     click.echo("vLLM: " + ("no problem found (LoRA A/B weights only, rank within the default limit)"
                            if not warnings else f"{len(warnings)} problem(s)"))
@@ -250,7 +255,7 @@ def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> 
                f"(top token changes at {1 - effect['top1_agreement']:.1%} of positions)")
     if not with_unsloth:
         return
-    other = unsloth_logits(run, dtype)
+    other = unsloth_logits(run, dtype, trust_remote_code)
     same = adapter_checks.compare_logits(tuned, other)
     verdict = "same" if adapter_checks.within_tolerance(same) else "DIFFERENT"
     click.echo(f"Unsloth loader: {verdict}: largest |logit difference| vs plain PEFT {same['max_abs_diff']:.3g} "
@@ -260,14 +265,15 @@ def check(run: Path, with_unsloth: bool, dtype: str, base_model: str | None) -> 
         sys.exit(1)
 
 
-def unsloth_logits(run: Path, dtype: str) -> list[Any]:
-    """Logits of the run's adapter loaded by Unsloth, computed in a process of its own."""
+def unsloth_logits(run: Path, dtype: str, trust_remote_code: bool = False) -> list[Any]:
+    """Logits of the run's adapter loaded by Unsloth, computed in a process of its own (which gets the flag)."""
     from safetensors.torch import load_file
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "logits.safetensors"
+        flags = [remote_code.FLAG] if trust_remote_code else []
         result = subprocess.run([sys.executable, str(REPO / "scripts/unsloth_logits.py"), str(run), str(out),
-                                 "--dtype", dtype], capture_output=True, text=True)
+                                 "--dtype", dtype, *flags], capture_output=True, text=True)
         if result.returncode != 0:
             raise click.ClickException(f"Unsloth could not load {run}:\n{result.stderr[-2000:]}")
         tensors = load_file(str(out))

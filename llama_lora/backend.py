@@ -56,7 +56,8 @@ class Backend:
     lora_unsloth_finetuning.py."""
 
     spec: BackendSpec
-    load: Callable[["TrainConfig", str], LoadedModel]  # (config, model path or hub id) -> LoRA-wrapped model
+    # (config, model path or hub id, --trust-remote-code) -> LoRA-wrapped model
+    load: Callable[["TrainConfig", str, bool], LoadedModel]
     # Runs before transformers/TRL are imported (Unsloth must patch them first).
     before_heavy_imports: Callable[[], None] = field(default=_nothing)
     # True when the library supplies its own training loss on CPU (Unsloth's chunked cross-entropy);

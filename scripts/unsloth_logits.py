@@ -15,7 +15,8 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for llama_lora
 
-from llama_lora.options.config import DTYPES  # noqa: E402 (light: no torch)
+from llama_lora.options import remote_code  # noqa: E402 (light: no torch)
+from llama_lora.options.config import DTYPES  # noqa: E402
 
 
 @click.command()
@@ -23,7 +24,8 @@ from llama_lora.options.config import DTYPES  # noqa: E402 (light: no torch)
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Compute dtype (default: the run's).")
-def main(run: Path, out: Path, dtype: str | None) -> None:
+@remote_code.option
+def main(run: Path, out: Path, dtype: str | None, trust_remote_code: bool) -> None:
     """Logits of RUN's base + adapter as FastLanguageModel loads them, written to OUT (safetensors)."""
     from llama_lora import quiet
 
@@ -38,16 +40,16 @@ def main(run: Path, out: Path, dtype: str | None) -> None:
     from llama_lora.use.inference import load_tokenizer, read_run
 
     try:
-        info = read_run(run)
+        info = read_run(run, trust_remote_code=trust_remote_code)
     except UsageError as err:
         raise click.UsageError(str(err)) from err
     # Unsloth reads adapter_config.json, loads the base it names and attaches the adapter with its own code path
     model, _ = FastLanguageModel.from_pretrained(
         model_name=str(run), dtype=getattr(torch, dtype or info.dtype), load_in_4bit=info.load_in_4bit,
-        use_safetensors=True,
+        use_safetensors=True, trust_remote_code=info.trust_remote_code,
     )
     FastLanguageModel.for_inference(model)
-    result = logits(model, prompt_batch(load_tokenizer(run)))  # the same token ids as the PEFT side
+    result = logits(model, prompt_batch(load_tokenizer(run, info.trust_remote_code)))  # the same token ids as the PEFT side
     save_file({f"prompt_{i}": tensor.contiguous() for i, tensor in enumerate(result)}, str(out))
     print(f"{type(model).__name__} with adapter from {run}: logits of {len(result)} prompts -> {out}")
 

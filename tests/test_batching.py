@@ -87,7 +87,7 @@ def test_default_is_padding_free_where_it_runs_and_the_same_for_both_backends_on
 
 def test_remote_code_models_are_refused_a_flattened_layout():
     with pytest.raises(ConfigError, match="--trust-remote-code runs the model's own code"):
-        resolve(TrainConfig(batching="packed", trust_remote_code=True), "peft", Machine(cuda=False))
+        resolve(TrainConfig(batching="packed"), "peft", Machine(cuda=False), trust_remote_code=True)
 
 
 def test_a_library_switching_the_mode_off_stops_the_run():

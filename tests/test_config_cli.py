@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import REPO
+from helpers import REPO, capture_cli
 
 from llama_lora.backend import BACKENDS, Backend, lora_settings
 from llama_lora.options.config import (
@@ -25,19 +25,6 @@ from llama_lora.train.cli import build_cli
 
 CPU = Machine(cuda=False, cpu_bf16=False)
 GPU = Machine(cuda=True, cuda_bf16=True)
-
-
-def capture_cli(*args: str) -> tuple[int, TrainConfig | None, str]:
-    """Run the real CLI with a runner that records the resolved config instead of training."""
-    seen: list[TrainConfig] = []
-
-    def fake_run(cfg: TrainConfig, backend: Backend, options=None) -> int:
-        seen.append(cfg)
-        return 0
-
-    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path: None), train=fake_run)
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, (seen[0] if seen else None), result.output
 
 
 def test_defaults_match_the_product_spec():
@@ -99,14 +86,14 @@ def test_out_of_range_values_are_rejected_naming_the_flag(values, flag):
 
 
 def test_wrongly_typed_value_names_the_field():
-    with pytest.raises(ConfigError, match="batch_size: expected a int"):
+    with pytest.raises(ConfigError, match="batch_size: expected an integer, got 'four'"):
         build({"batch_size": "four"})
 
 
 def test_yaml_unknown_key_is_rejected_with_file_and_known_keys(tmp_path: Path):
     path = tmp_path / "run.yaml"
     path.write_text("rank: 8\n")
-    with pytest.raises(ConfigError, match=r"run.yaml: unknown option 'rank'. Known options: model, dataset, .*, r, "):
+    with pytest.raises(ConfigError, match=r"run.yaml:1: unknown option 'rank'. Known options: model, dataset, .*, r, "):
         load_yaml(path)
 
 
@@ -160,7 +147,7 @@ def test_role_map_may_be_a_yaml_mapping(tmp_path: Path):
 
 def test_dry_run_reaches_the_runner_as_a_mode_not_a_config_field():
     seen = []
-    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path: None),
+    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path, trust_remote_code: None),
                     train=lambda cfg, backend, options: seen.append(options) or 0)
     assert CliRunner().invoke(cli, ["--dry-run"]).exit_code == 0 and seen[-1].dry_run
     assert CliRunner().invoke(cli, ["--resume"]).exit_code == 0 and seen[-1].resume == "latest"

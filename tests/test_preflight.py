@@ -68,7 +68,7 @@ def test_oom_advice_names_the_peak_and_concrete_next_settings():
 
 def test_an_out_of_memory_error_ends_the_run_with_advice_and_a_failed_status(
         tiny_dataset: Path, tmp_path: Path, monkeypatch):
-    def load(cfg, path):
+    def load(cfg, path, trust_remote_code):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(measure, "gpu_peak_and_total_gib", lambda: (77.9, 79.6))  # the GPU we do not have
@@ -108,6 +108,6 @@ def test_remote_code_does_not_run_unless_asked(tmp_path: Path):
         f"open({str(marker)!r}, 'w').write('ran')\n"
         "from transformers import PretrainedConfig\n\n\nclass CustomConfig(PretrainedConfig):\n"
         "    model_type = 'custom'\n")
-    with pytest.raises(UsageError, match="cannot read its config"):
+    with pytest.raises(UsageError, match="ships its own Python code .* add --trust-remote-code if you trust it"):
         check_model(TrainConfig(model=str(folder)), str(folder))
     assert not marker.exists()

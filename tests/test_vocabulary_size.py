@@ -48,7 +48,7 @@ def test_the_bundled_tokenizer_has_one_vision_token_more_than_llama31_and_the_cu
 
 def test_a_tokenizer_larger_than_the_embeddings_is_refused_before_anything_loads(tiny_llama31, tiny_dataset,
                                                                                  tmp_path):
-    def load(cfg, path):
+    def load(cfg, path, trust_remote_code):
         raise AssertionError("weights must not load")
 
     out = tmp_path / "run"

@@ -129,7 +129,7 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> Prepared:
         return _load(entry, tokenizer, cached=False, built=True)
     entry = root / token_cache.cache_key(cfg, tokenizer)
     built = False
-    if distributed.is_main() and not token_cache.complete(entry):
+    if distributed.is_main() and not token_cache.usable(entry):  # absent, half-built or damaged: (re)build
         staging = token_cache.staging_entry(root, entry.name)
         try:
             _build(cfg, tokenizer, staging)

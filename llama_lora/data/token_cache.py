@@ -9,8 +9,13 @@ An entry is keyed by everything that changes its content: the bytes of the sourc
 fingerprint), the tokenizer and its chat template, the data options (format, role map, loss-on, over-length
 policy, max length, split, eval fraction and seed) and the source of the modules that render and mask. A changed
 file is a new key, never a stale hit. An entry is built in a hidden folder and renamed into place only when whole,
-so a killed build is never used. `--data-cache off` builds into a temporary folder removed at exit;
-`python -m llama_lora.data.token_cache clear` empties the cache.
+so a killed build is never used. `--data-cache off` builds into a temporary folder removed at exit.
+
+An entry is verified every time it is used: meta.json records each table file's size and xxh3-128 hash (fast enough
+to read gigabytes in about a second; benchmarks/data_throughput.py --cache measures it) and a hash of its own
+content, so a truncated, damaged or edited entry is rebuilt with one line saying why, and the data hash a run records
+is the hash of the rows it trains on. Every entry, finished or half-built, carries a marker file from its first
+moment: `python -m llama_lora.data.token_cache clear` removes the folders that carry it and nothing else.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from llama_lora.errors import DataError
 from llama_lora.model import assets
 
-CACHE_VERSION = 1  # bump when an entry's layout changes
+CACHE_VERSION = 2  # bump when an entry's layout changes (2: verified files, the marker)
 DATA_MODULES = ("sources.py", "formats.py", "chat_template.py", "prepare.py", "token_cache.py")  # what renders a row
 SCHEMA = pa.schema([
     ("where", pa.string()),
@@ -43,6 +49,10 @@ SCHEMA = pa.schema([
     ("tools", pa.bool_()),  # the conversation defines or calls tools
 ])
 META = "meta.json"
+MARKER = ".llama-lora-data-cache"  # written first into every entry: `clear` removes only folders holding it
+MARKER_TEXT = "A tokenized-data cache entry of llama-lora; python -m llama_lora.data.token_cache clear removes it.\n"
+TABLES = ("train.arrow", "eval.arrow")
+HASH = "xxh3_128"
 
 
 class TokenTable(Sequence):
@@ -118,12 +128,20 @@ def cache_dir(setting: str) -> Path | None:
     return Path(setting).expanduser()
 
 
+def blocks(path: Path) -> Iterator[memoryview]:
+    """A file's bytes, block after block through one reused buffer (memory stays flat at any size)."""
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as handle:
+        while read := handle.readinto(buffer):
+            yield view[:read]
+
+
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in blocks."""
+    """sha256 of a file's bytes: what a source file is known by in a cache key."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in blocks(path):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -178,9 +196,11 @@ def complete(entry: Path) -> bool:
 
 
 def staging_entry(root: Path, key: str) -> Path:
-    """A private folder to build an entry in; renamed into place by `publish`."""
+    """A private folder to build an entry in, marked as the cache's from the start; renamed into place by `publish`."""
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{key}.building-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.building-", dir=root))
+    (staging / MARKER).write_text(MARKER_TEXT)
+    return staging
 
 
 def publish(staging: Path, entry: Path) -> None:
@@ -202,22 +222,97 @@ def temporary_entry() -> Path:
     return folder
 
 
+def content_hash(path: Path) -> str:
+    """xxh3-128 of a table file's bytes: checks an entry against what its build wrote, at memory speed."""
+    digest = xxhash.xxh3_128()
+    for block in blocks(path):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _meta_hash(meta: dict[str, Any]) -> str:
+    """The hash of meta.json's content (everything but this hash itself), in a canonical JSON form."""
+    return xxhash.xxh3_128_hexdigest(json.dumps({k: v for k, v in meta.items() if k != HASH}, sort_keys=True).encode())
+
+
 def write_meta(entry: Path, meta: dict[str, Any]) -> None:
-    (entry / META).write_text(json.dumps(meta))
+    """meta.json, written last: the run's data record plus each table file's size and hash, and its own hash."""
+    tables = {name: {"bytes": (entry / name).stat().st_size, HASH: content_hash(entry / name)}
+              for name in TABLES if (entry / name).is_file()}
+    record = {**meta, "files": tables}
+    (entry / META).write_text(json.dumps({**record, HASH: _meta_hash(record)}))
 
 
 def read_meta(entry: Path) -> dict[str, Any]:
     return json.loads((entry / META).read_text())
 
 
-def clear(root: Path) -> int:
-    """Remove every entry (and any half-built one) under the cache folder; returns how many went."""
+def problem(entry: Path) -> str | None:
+    """Why a finished entry cannot be trusted (a damaged, truncated or edited file), or None when every file is
+    exactly as the build wrote it."""
+    try:
+        meta = read_meta(entry)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{META} cannot be read ({type(err).__name__}: {err})"
+    if not isinstance(meta, dict) or meta.get(HASH) != _meta_hash(meta) or not isinstance(meta.get("files"), dict):
+        return f"{META} is not the one its build wrote (its own hash does not match)"
+    for split, record in (meta.get("splits") or {}).items():
+        if record is not None and f"{split}.arrow" not in meta["files"]:
+            return f"{META} lists no {split}.arrow"
+    for name, expected in meta["files"].items():
+        path = entry / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size:,} bytes where its build wrote {expected['bytes']:,}"
+        if content_hash(path) != expected[HASH]:
+            return f"{name} holds other bytes than its build wrote (same size, different {HASH} hash)"
+    return None
+
+
+def usable(entry: Path) -> bool:
+    """True for a finished entry whose files are exactly as built. A damaged one is removed, with one line saying
+    why, so the caller builds it again."""
+    if not complete(entry):
+        return False
+    found = problem(entry)
+    if found is None:
+        return True
+    print(f"Tokenized-data cache: {entry}: {found}; rebuilding it.", file=sys.stderr, flush=True)
+    shutil.rmtree(entry, ignore_errors=True)
+    return False
+
+
+def is_entry(folder: Path) -> bool:
+    """True for a folder the cache made: it holds the marker. Entries made before the marker existed are known by
+    their exact shape: a 24-hex-digit name (or its hidden build folder) holding only meta.json and tables."""
+    if (folder / MARKER).is_file():
+        return True
+    name = folder.name.removeprefix(".").split(".building-")[0]
+    names = {item.name for item in folder.iterdir()} if folder.is_dir() else set()
+    return (len(name) == 24 and all(c in "0123456789abcdef" for c in name)
+            and names <= {META, *TABLES} and all((folder / n).is_file() for n in names))
+
+
+def clear(root: Path) -> tuple[int, list[Path]]:
+    """Remove the cache's entries (finished or half-built) under `root`: (how many went, the other folders left)."""
     if not root.is_dir():
-        return 0
-    entries = [p for p in root.iterdir() if p.is_dir()]
+        return 0, []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    entries = [p for p in folders if is_entry(p)]
     for entry in entries:
         shutil.rmtree(entry, ignore_errors=True)
-    return len(entries)
+    return len(entries), [p for p in folders if p not in entries]
+
+
+def describe(entry: Path) -> str:
+    """One line of `list` about an entry: its size and source (its files are verified when a run uses it)."""
+    size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+    try:
+        source = read_meta(entry)["sources"]["train"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        source = f"damaged ({META}: {type(err).__name__}), rebuilt when a run uses it"
+    return f"{entry}  {size / 1e6:,.1f} MB  {source}"
 
 
 def main(argv: list[str]) -> int:
@@ -225,13 +320,16 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "list"
     root = Path(argv[1]) if len(argv) > 1 else cache_dir("auto")
     if command == "clear":
-        print(f"Removed {clear(root)} entries from {root}")
+        removed, others = clear(root)
+        print(f"Removed {removed} entries from {root}")
+        if others:
+            print(f"Left {len(others)} other folders alone (not cache entries): {', '.join(p.name for p in others)}")
         return 0
     if command == "list":
-        entries = sorted(p for p in root.iterdir() if p.is_dir() and complete(p)) if root.is_dir() else []
+        entries = sorted(p for p in root.iterdir() if p.is_dir() and is_entry(p) and complete(p)) \
+            if root.is_dir() else []
         for entry in entries:
-            size = sum(f.stat().st_size for f in entry.iterdir())
-            print(f"{entry}  {size / 1e6:,.1f} MB  {read_meta(entry)['sources']['train']}")
+            print(describe(entry))
         print(f"{len(entries)} entries in {root}")
         return 0
     print("usage: python -m llama_lora.data.token_cache [list|clear] [FOLDER]", file=sys.stderr)

@@ -3,7 +3,8 @@
     export_gguf llama-3.1-lora-finetuned/peft --out gguf/     # LoRA GGUF + base model GGUFs + Modelfile
     export_gguf merged/ --out gguf/ --types f16                # a (merged) model folder: model GGUF + Modelfile
 
-Works from files only: no model is loaded, so an 8B export needs about one tensor's worth of memory.
+Works from files only: no model is loaded, so an 8B export needs about one tensor's worth of memory, and no
+model's own Python code ever runs (the architectures it writes are transformers' own, so it needs none).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 from llama_lora.atomic_files import write_text
 from llama_lora.errors import UsageError
 from llama_lora.export import gguf_writer
+from llama_lora.options import remote_code
 from llama_lora.run import files, run_record
 
 MODELFILE = "Modelfile"
@@ -120,7 +122,8 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
         raise UsageError(f"{source}: neither a run folder (adapter_config.json + adapter_model.safetensors) "
                          "nor a model folder (config.json + *.safetensors)")
     gguf_writer.read_llama_shape(model_dir)  # refuse an unsupported architecture before writing anything
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with remote_code.explained(str(tokenizer_dir), gguf_writer.NO_MODEL_CODE):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     fmt = gguf_writer.chat_format(tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the adapter first: it is small, and its checks (DoRA, modules_to_save) fail before any big file is written

@@ -27,11 +27,14 @@ import gguf
 import numpy as np
 
 from llama_lora.errors import UsageError
+from llama_lora.options import remote_code
 from llama_lora.run import files
 
 ARCH = gguf.MODEL_ARCH.LLAMA
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+# The architectures above are transformers' own: a model's shipped code (auto_map) is never run here.
+NO_MODEL_CODE = "The GGUF export never runs a model's own code; it writes models transformers implements itself (Llama)"
 QUANT_TYPES = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
@@ -121,7 +124,8 @@ def read_llama_shape(folder: Path) -> LlamaShape:
     if not set(architectures) & set(SUPPORTED_ARCHITECTURES):
         raise UsageError(f"{config_file}: architecture {architectures or 'missing'} is not supported; "
                          f"GGUF export handles {', '.join(SUPPORTED_ARCHITECTURES)}")
-    config = AutoConfig.from_pretrained(folder)
+    with remote_code.explained(str(folder), NO_MODEL_CODE):
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise UsageError(f"{config_file}: attention_bias/mlp_bias are not supported by this exporter")
     rope = dict(config.rope_parameters or {})
@@ -230,7 +234,8 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int, pre_to
     """Tokenizer metadata: BPE (gpt2) tokens, types, merges, special ids, add-BOS, chat template."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with remote_code.explained(str(folder), NO_MODEL_CODE):
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.backend_tokenizer.model.__class__.__name__ != "BPE":
         raise UsageError(f"{folder}: only BPE tokenizers (Llama 3, SmolLM2) can be exported")
     tokens, types = vocab_tokens(tokenizer, vocab_size)

@@ -67,11 +67,13 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
         owned.stamp(staging, owned.MERGED)
         model = merged_model(info, dtype)
         model.save_pretrained(staging)  # safetensors by default in transformers 5
-        AutoTokenizer.from_pretrained(info.folder).save_pretrained(staging)  # with chat_template.jinja
+        tokenizer = AutoTokenizer.from_pretrained(info.folder, trust_remote_code=info.trust_remote_code)
+        tokenizer.save_pretrained(staging)  # with chat_template.jinja
         del model
         _free()
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=getattr(torch, dtype),
-                                                        device_map={"": device()}, use_safetensors=True)
+                                                        device_map={"": device()}, use_safetensors=True,
+                                                        trust_remote_code=info.trust_remote_code)
         report = {"run": str(info.folder), "base": info.base, "dtype": dtype, "from_4bit": info.load_in_4bit,
                   "compared_with": f"base ({'NF4' if info.load_in_4bit else dtype}) + adapter in {dtype}",
                   "prompts": len(prompts), **compare_logits(reference, logits(reloaded.eval(), prompts))}

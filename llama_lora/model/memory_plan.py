@@ -42,6 +42,7 @@ from transformers.quantizers.base import get_keys_to_not_convert
 
 from llama_lora.errors import UsageError
 from llama_lora.model.shape import linear_layers, meta_model
+from llama_lora.options import remote_code
 from llama_lora.options.config import TrainConfig
 from llama_lora.run.measure import GIB
 
@@ -163,13 +164,14 @@ def activation_bytes(model: torch.nn.Module, cfg: TrainConfig, fp32_stream: bool
     return {"layers": stack, "head": head, "per_layer": per_layer}
 
 
-def plan(cfg: TrainConfig, path: str, launch: Launch) -> dict[str, Any]:
+def plan(cfg: TrainConfig, path: str, launch: Launch, trust_remote_code: bool = False) -> dict[str, Any]:
     """Bytes per process for each part of a training run's GPU memory."""
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UsageError(f"--model {cfg.model}: cannot read its config.json ({err})") from err
-    model = meta_model(config)
+        refused = remote_code.needs_flag(err, f"--model {cfg.model}")
+        raise UsageError(refused or f"--model {cfg.model}: cannot read its config.json ({err})") from err
+    model = meta_model(config, trust_remote_code)
     sizes = lora_parameters(model, cfg)
     # The PEFT backend calls prepare_model_for_kbit_training for QLoRA except under FSDP (lora_peft_finetuning.py)
     activations = activation_bytes(model, cfg, fp32_stream=cfg.load_in_4bit and not launch.fsdp)

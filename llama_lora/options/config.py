@@ -8,6 +8,7 @@ and are fixed by `resolve()` before anything is loaded, so a saved config replay
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import types
 from dataclasses import dataclass, field, fields
@@ -16,7 +17,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from llama_lora.options import recipe, tracking
+from llama_lora.options import recipe, remote_code, trainer_names, tracking
 from llama_lora.options.batching import MODES, default_batching
 from llama_lora.options.batching import refusal as batching_refusal
 
@@ -202,10 +203,6 @@ class TrainConfig:
         "logging inside the run folder; they get the resolved config and every logged step (llama_lora/options/tracking.py).",
         computes=False,
     )
-    trust_remote_code: bool = _opt(
-        False, "Run Python code shipped with a hub model. Off by default: it executes someone else's code.",
-        computes=False
-    )
     output_dir: str | None = _opt(
         None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>", computes=False
     )
@@ -238,50 +235,106 @@ class RunOptions:
     resume: str | None = None  # "latest", or a checkpoint folder
     overwrite: bool = False
     plan: str | None = None  # print the memory plan for this launch ("1", "ddp:4", "fsdp:2") and exit
+    trust_remote_code: bool = False  # --trust-remote-code: only ever from the command line (options/remote_code.py)
 
 
 class ConfigError(ValueError):
     """A config value or file that cannot be used; the message names the field and what was expected."""
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a `--config` YAML file into field values, rejecting unknown keys by name."""
+def load_yaml(path: Path, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Read a `--config` YAML file into field values, each of its option's type; errors name the file and line.
+    A `trust_remote_code: true` in it is refused unless the command line gave --trust-remote-code."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+        lines = _key_lines(text)
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config file: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(path, err)) from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
     values = {}
     for key, value in data.items():
+        where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)
         name = str(key).replace("-", "_")
+        if name == remote_code.NAME:  # older run folders saved it; only the command line may turn it on
+            if value and not trust_remote_code:
+                raise ConfigError(remote_code.saved_request_refused(where))
+            continue
         if name not in CONFIG_FIELDS:
-            raise ConfigError(f"{path}: unknown option '{key}'. Known options: {', '.join(CONFIG_FIELDS)}")
-        values[name] = value
+            raise ConfigError(f"{where}: unknown option {str(key)!r}. Known options: {', '.join(CONFIG_FIELDS)}")
+        try:
+            values[name] = coerce(name, value, str(key))  # named as the file spells it
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
     return values
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Convert a YAML or CLI value to the field's type, or raise a ConfigError naming the field."""
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: the file, line and column, and the problem."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err)
+    return f"{where}: not valid YAML: {' '.join(problem.split())}"
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The line of each top-level key of a YAML mapping (1-based), for messages that point at it."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def coerce(name: str, value: Any, label: str | None = None) -> Any:
+    """A YAML or CLI value as the field's type, or a ConfigError naming it as `label` (default: the field's name).
+    The type must match: a float or a boolean is never turned into an integer (`r: 1.9`, `r: true`), nor a number
+    into a string."""
+    label = label or name
     if value is None:
-        return None
+        if CONFIG_FIELDS[name].default is None:
+            return None  # "auto"
+        raise ConfigError(f"{label}: expected a value, got null (only options whose default is auto take null)")
     if name == "role_map" and isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if name == "report_to" and isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value) or "none"
     if name == "target_modules":
-        items = value.split(",") if isinstance(value, str) else list(value)
-        modules = tuple(str(item).strip() for item in items if str(item).strip())
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else None
+        if items is None or not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{label}: expected module names (a comma-separated string or a list of strings), "
+                              f"got {value!r}")
+        modules = tuple(item.strip() for item in items if item.strip())
         if not modules:
-            raise ConfigError("target_modules: expected at least one module name")
+            raise ConfigError(f"{label}: expected at least one module name")
         return modules
     kind = value_type(name)
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if not _is_a(value, kind):
+        raise ConfigError(f"{label}: expected {TYPE_NAMES[kind]}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """True when `value` is of the option's type (bool is not an int here, though Python says it is)."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float and isinstance(value, str):
+        return _number_text(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _number_text(text: str) -> bool:
+    """True for text Python reads as a float (1e-4, 2.0E-5)."""
     try:
-        return kind(value)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{name}: expected a {kind.__name__}, got {value!r}") from err
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def value_type(name: str) -> type:
@@ -329,13 +382,13 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
-def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
+def resolve(cfg: TrainConfig, backend: str, machine: Machine, trust_remote_code: bool = False) -> TrainConfig:
     """Replace every "auto" field by its concrete value for this backend and machine, and validate."""
-    model = cfg.model or (GPU_DEFAULT_MODEL if machine.cuda else EMBEDDED_MODEL)
+    model = cfg.model if cfg.model is not None else (GPU_DEFAULT_MODEL if machine.cuda else EMBEDDED_MODEL)
     if machine.cuda:
-        dtype = cfg.dtype or ("bfloat16" if machine.cuda_bf16 else "float16")
+        dtype = cfg.dtype if cfg.dtype is not None else ("bfloat16" if machine.cuda_bf16 else "float16")
     else:
-        dtype = cfg.dtype or ("bfloat16" if machine.cpu_bf16 else "float32")
+        dtype = cfg.dtype if cfg.dtype is not None else ("bfloat16" if machine.cpu_bf16 else "float32")
     # batch size, accumulation, learning rate and steps come from the model's recipe unless given
     defaults = recipe.recipe(model, EMBEDDED_MODEL, machine.cuda)
     resolved = dataclasses.replace(
@@ -344,15 +397,15 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine) -> TrainConfig:
         lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.r,
         load_in_4bit=cfg.load_in_4bit if cfg.load_in_4bit is not None else machine.cuda,
         **{name: getattr(cfg, name) if getattr(cfg, name) is not None else value for name, value in defaults.items()},
-        batching=cfg.batching or default_batching(machine.cuda),
+        batching=cfg.batching if cfg.batching is not None else default_batching(machine.cuda),
         dtype=dtype,
-        output_dir=cfg.output_dir or str(OUTPUT_ROOT / backend),
+        output_dir=cfg.output_dir if cfg.output_dir is not None else str(OUTPUT_ROOT / backend),
     )
+    validate(resolved, machine)  # first: the step arithmetic below needs finite, positive numbers
     if resolved.eval_steps is None and (resolved.max_steps > 0 or resolved.early_stopping_patience):
         # an epoch-based run's step count needs the data: with_eval_steps() resolves it once that is read
         resolved = with_eval_steps(resolved, rows=0)
-    validate(resolved, machine)
-    refused = batching_refusal(resolved.batching, backend, machine.cuda, resolved.trust_remote_code)
+    refused = batching_refusal(resolved.batching, backend, machine.cuda, trust_remote_code)
     if refused:
         raise ConfigError(refused)
     return resolved
@@ -365,6 +418,26 @@ def with_eval_steps(cfg: TrainConfig, rows: int, processes: int = 1) -> TrainCon
     steps = recipe.planned_steps(cfg.max_steps, cfg.epochs, rows, cfg.batch_size, cfg.grad_accum, processes)
     return dataclasses.replace(
         cfg, eval_steps=recipe.default_eval_steps(steps, cfg.save_steps, cfg.early_stopping_patience > 0))
+
+
+MAX_SEED = 2**32 - 1
+CAN_BE_EMPTY = ("role_map",)  # "" means no extra role names; any other empty text is a mistake, never "the default"
+
+
+def _form_checks(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """Checks every value of a kind gets: finite numbers, no empty text, names the installed transformers knows.
+    They come first, so the range checks after them compare real numbers."""
+    checks = []
+    for name in CONFIG_FIELDS:
+        value, kind = getattr(cfg, name), value_type(name)
+        if kind is float and value is not None:
+            checks.append((math.isfinite(value), f"{flag(name)} must be a finite number, got {value!r}"))
+        if kind is str and name not in CAN_BE_EMPTY and value is not None:
+            checks.append((value.strip() != "", f"{flag(name)} must not be empty"))
+    for name, known in (("lr_scheduler", trainer_names.schedulers()), ("optim", trainer_names.optimizers())):
+        checks.append((not known or getattr(cfg, name) in known, f"{flag(name)} {getattr(cfg, name)!r} is not a name "
+                       f"the installed transformers knows; expected one of {', '.join(known)}"))
+    return checks
 
 
 def validate(cfg: TrainConfig, machine: Machine) -> None:
@@ -400,8 +473,11 @@ def validate(cfg: TrainConfig, machine: Machine) -> None:
         (cfg.optim.find("8bit") < 0 or machine.cuda,
          f"--optim {cfg.optim} needs a CUDA GPU (bitsandbytes 8-bit optimizers); use adamw_torch_fused"),
         (cfg.dtype != "float16" or machine.cuda, "--dtype float16 needs a CUDA GPU; use bfloat16 or float32"),
+        (cfg.weight_decay >= 0, "--weight-decay must be 0 or positive"),
+        # transformers' set_seed seeds numpy too, which takes 0 to 2**32 - 1 only
+        (0 <= cfg.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}]"),
     ]
-    for ok, message in checks:
+    for ok, message in [*_form_checks(cfg), *checks]:
         if not ok:
             raise ConfigError(message)
     tracker_problem = tracking.problem(cfg.report_to)  # refused before anything loads, with the pip command

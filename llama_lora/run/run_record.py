@@ -196,7 +196,7 @@ class RecordedModel:
     adapter_base: str | None  # adapter_config.json's base_model_name_or_path
     load_in_4bit: bool
     dtype: str | None
-    trust_remote_code: bool
+    trust_remote_code: bool  # what config.yaml asks for (older runs saved it); only a command's flag grants it
     backend: str | None
 
     def candidates(self) -> list[str]:

@@ -16,12 +16,14 @@ from click.core import ParameterSource
 
 from llama_lora import quiet
 from llama_lora.backend import Backend
+from llama_lora.options import remote_code
 from llama_lora.options.config import (
     CONFIG_FIELDS,
     ConfigError,
     RunOptions,
     TrainConfig,
     build,
+    coerce,
     detect_machine,
     flag,
     load_yaml,
@@ -58,12 +60,13 @@ def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     )
 
 
-def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Path | None) -> TrainConfig:
+def config_from_click(ctx: click.Context, flags: dict[str, Any], config_file: Path | None,
+                      trust_remote_code: bool = False) -> TrainConfig:
     """Merge defaults, the YAML file and the flags the user actually typed, in that order."""
-    values = load_yaml(config_file) if config_file else {}
+    values = load_yaml(config_file, trust_remote_code) if config_file else {}
     for name, value in flags.items():
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            values[name] = value
+            values[name] = coerce(name, value, flag(name))  # a message names the flag typed
     return build(values)
 
 
@@ -80,18 +83,21 @@ def build_cli(backend: Backend, train: Callable[..., int] = train_with_pipeline)
     """The click command for one backend; every backend gets the same options and help."""
 
     def main(config_file: Path | None, dry_run: bool, plan: str | None, resume: str | None, overwrite: bool,
-             **flags: Any) -> None:
+             trust_remote_code: bool, **flags: Any) -> None:
         ctx = click.get_current_context()
         try:
-            cfg = resolve(config_from_click(ctx, flags, config_file), backend.name, detect_machine())
+            values = config_from_click(ctx, flags, config_file, trust_remote_code)
+            cfg = resolve(values, backend.name, detect_machine(), trust_remote_code)
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
         if resume and overwrite:
             raise click.UsageError("--resume continues the interrupted run, --overwrite starts over: pick one")
-        sys.exit(train(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan)))
+        sys.exit(train(cfg, backend, RunOptions(dry_run=dry_run, resume=resume, overwrite=overwrite, plan=plan,
+                                                trust_remote_code=trust_remote_code)))
 
     for name in reversed(list(CONFIG_FIELDS)):
         main = _option(name)(main)
+    main = remote_code.option(main)  # a run option, never a config field: no file can turn it on
     main = click.option(
         "--overwrite", is_flag=True, help="Replace a finished run folder, or discard an interrupted run's checkpoints.",
     )(main)

@@ -39,7 +39,7 @@ from llama_lora.data.prepare import Prepared, prepare
 from llama_lora.errors import UsageError, describe_os_error
 from llama_lora.model import assets, quantization
 from llama_lora.model.preflight import check_model, check_tokenizer_fits
-from llama_lora.options import tracking
+from llama_lora.options import remote_code, tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
 from llama_lora.run import checkpoints, files, measure, owned, run_folder, run_lock, run_record
@@ -68,7 +68,8 @@ EXIT_BAD_INPUT = 2
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
-    tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
+    with remote_code.explained(path):
+        tokenizer = quiet.quiet_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
     template = ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         # Llama 3.1 ships no pad token; its reserved fine-tune pad token keeps padding distinct from <|eot_id|>.
@@ -98,6 +99,7 @@ class PreparedData:
     tokenizer: Any
     prepared: Prepared
     audit: dict[str, Any]
+    trust_remote_code: bool  # --trust-remote-code of this command: the model's own code may run
 
     @property
     def eval_rows(self) -> Sequence[dict[str, Any]]:
@@ -133,7 +135,7 @@ class Trained:
 def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
     """A plan, a dry run, or a run: the run holds its output folder's lock from its first check to its end."""
     if options.plan:
-        return _print_plan(cfg, options.plan)
+        return _print_plan(cfg, options)
     if options.dry_run:
         return _show_dry_run(prepare_data(cfg, options))
     output_dir = Path(cfg.output_dir)
@@ -168,11 +170,11 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions, output_dir: Pa
         stop.release()
 
 
-def _print_plan(cfg: TrainConfig, launch: str) -> int:
+def _print_plan(cfg: TrainConfig, options: RunOptions) -> int:
     """--plan: the memory plan for these options and this launch, and nothing else."""
     from llama_lora.model.memory_plan import parse_launch, plan, print_plan
 
-    print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(launch)))
+    print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan), options.trust_remote_code))
     return 0
 
 
@@ -181,9 +183,9 @@ def prepare_data(cfg: TrainConfig, options: RunOptions) -> PreparedData:
     is loaded; the main process prints the audit."""
     set_seed(cfg.seed)
     path = assets.model_path(cfg.model)
-    check_model(cfg, path)
-    tokenizer, template = load_tokenizer(path, cfg.trust_remote_code)
-    check_tokenizer_fits(cfg, tokenizer, path)
+    check_model(cfg, path, options.trust_remote_code)
+    tokenizer, template = load_tokenizer(path, options.trust_remote_code)
+    check_tokenizer_fits(cfg, tokenizer, path, options.trust_remote_code)
     try:
         prepared = prepare(cfg, tokenizer)
     except OSError as err:  # writing the tokenized-data cache; a library's error may not name the file
@@ -195,7 +197,7 @@ def prepare_data(cfg: TrainConfig, options: RunOptions) -> PreparedData:
     audit["batching"] = padding_preview(prepared.train.rows.kept_lengths(), cfg.batch_size, cfg.batching)
     if distributed.is_main():
         print_audit(audit)
-    data = PreparedData(cfg, path, tokenizer, prepared, audit)
+    data = PreparedData(cfg, path, tokenizer, prepared, audit, options.trust_remote_code)
     if not options.dry_run and cfg.early_stopping_patience and not data.eval_rows:
         raise UsageError("--early-stopping-patience needs eval data: an eval split or --eval-fraction > 0")
     return data
@@ -250,7 +252,7 @@ def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop
         torch.cuda.reset_peak_memory_stats()
     load_started = time.perf_counter()
     stop.enter(BEFORE_TRAINING, "loading the model")
-    model = backend.load(cfg, data.path)
+    model = backend.load(cfg, data.path, data.trust_remote_code)
     quantization.keep_4bit_layers_trainable(model)  # an eval before training must not freeze 4-bit layers' input grads
     load_s = time.perf_counter() - load_started
     memory_after_load = measure.memory_snapshot()

@@ -17,6 +17,7 @@ import torch
 
 from llama_lora.data.formats import CHAT_ROLES, Message, with_system  # noqa: F401 (with_system: use_adapter.py's)
 from llama_lora.errors import UsageError
+from llama_lora.options import remote_code
 from llama_lora.run import files, run_record
 
 
@@ -28,7 +29,7 @@ class TrainedRun:
     base: str  # local folder or hub id of the base model
     load_in_4bit: bool
     dtype: str
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # the command's --trust-remote-code, never the folder's own say
     backend: str | None = None
 
 
@@ -50,8 +51,9 @@ class Answer:
     stopped: bool
 
 
-def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
-    """The run folder's base model, precision and backend; `base` overrides the recorded base model."""
+def read_run(folder: str | Path, base: str | None = None, trust_remote_code: bool = False) -> TrainedRun:
+    """The run folder's base model, precision and backend; `base` overrides the recorded base model.
+    `trust_remote_code` is the command's flag: a folder whose config.yaml asks for it is refused without it."""
     folder = Path(folder)
     if not folder.is_dir():
         hint = " (a run that has not completed lives in .<name>.partial/)" if not folder.exists() else ""
@@ -60,6 +62,8 @@ def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
         raise UsageError(f"{folder}: no {files.ADAPTER_CONFIG}, so no adapter to load; expected a finished run folder "
                          "(the one a training script prints at its end)")
     recorded = run_record.recorded_model(folder)
+    if recorded.trust_remote_code and not trust_remote_code:
+        raise UsageError(remote_code.saved_request_refused(str(folder / files.CONFIG)))
     if base is None:
         base = _recorded_base(recorded)
         if base is None:
@@ -68,7 +72,7 @@ def read_run(folder: str | Path, base: str | None = None) -> TrainedRun:
     dtype = recorded.dtype or "bfloat16"
     if dtype == "float16" and not torch.cuda.is_available():
         dtype = "float32"  # fp16 matmuls are not supported well on CPU; the values are the same adapter
-    return TrainedRun(folder, base, recorded.load_in_4bit, dtype, recorded.trust_remote_code, recorded.backend)
+    return TrainedRun(folder, base, recorded.load_in_4bit, dtype, trust_remote_code, recorded.backend)
 
 
 def _recorded_base(recorded: run_record.RecordedModel) -> str | None:
@@ -96,21 +100,23 @@ def load_base(info: TrainedRun, load_in_4bit: bool | None = None, dtype: str | N
     four_bit = info.load_in_4bit if load_in_4bit is None else load_in_4bit
     torch_dtype = getattr(torch, dtype or info.dtype)
     quantization = nf4_config(torch_dtype) if four_bit else None  # the NF4 settings QLoRA trains with
-    model = AutoModelForCausalLM.from_pretrained(
-        info.base, dtype=torch_dtype, quantization_config=quantization, device_map={"": device()},
-        use_safetensors=True,  # never unpickle .bin weights: pickle can run code
-        trust_remote_code=info.trust_remote_code,
-    )
+    with remote_code.explained(info.base):
+        model = AutoModelForCausalLM.from_pretrained(
+            info.base, dtype=torch_dtype, quantization_config=quantization, device_map={"": device()},
+            use_safetensors=True,  # never unpickle .bin weights: pickle can run code
+            trust_remote_code=info.trust_remote_code,
+        )
     return model.eval()
 
 
-def load_tokenizer(folder: Path) -> Any:
+def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     """The run's tokenizer (with the chat template it trained with), padding on the left for generation."""
     from transformers import AutoTokenizer
 
     from llama_lora.quiet import quiet_tokenizer
 
-    tokenizer = quiet_tokenizer(AutoTokenizer.from_pretrained(folder))
+    with remote_code.explained(str(folder)):
+        tokenizer = quiet_tokenizer(AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code))
     tokenizer.padding_side = "left"  # generated tokens must follow each prompt directly
     return tokenizer
 
@@ -120,7 +126,7 @@ def load_tuned(info: TrainedRun, **base_options: Any) -> tuple[Any, Any]:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(load_base(info, **base_options), info.folder)
-    return model.eval(), load_tokenizer(info.folder)
+    return model.eval(), load_tokenizer(info.folder, info.trust_remote_code)
 
 
 def load_adapters(info: TrainedRun, folders: dict[str, Path]) -> Any:

@@ -1,6 +1,6 @@
 """Helpers the tests share: the repository path, loading a script as a module, reading a run folder's record,
-waiting on a running training process, running one with markers of its phases, writing tiny datasets, and making a
-run folder without training."""
+waiting on a running training process, running one with markers of its phases, running the training CLI without
+training, writing tiny datasets, and making a run folder without training."""
 
 from __future__ import annotations
 
@@ -89,6 +89,26 @@ def another_value(value):
     if isinstance(value, (list, tuple)):
         return [*value, "other"]
     return f"{value}-other"
+
+
+def recording_cli(seen: list):
+    """The real training CLI of the PEFT backend, with a runner that appends (config, run options) to `seen` and
+    exits 0 instead of training."""
+    from llama_lora.backend import BACKENDS, Backend
+    from llama_lora.train.cli import build_cli
+
+    return build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path, trust_remote_code: None),
+                     train=lambda cfg, backend, options: seen.append((cfg, options)) or 0)
+
+
+def capture_cli(*args: str) -> tuple[int, object, str]:
+    """Run the real training CLI without training: (exit status, the TrainConfig it would train, or None,
+    everything it printed)."""
+    from click.testing import CliRunner
+
+    seen: list = []
+    result = CliRunner().invoke(recording_cli(seen), list(args))
+    return result.exit_code, (seen[0][0] if seen else None), result.output
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
