@@ -125,7 +125,7 @@ GOOD = {"messages": [{"role": "user", "content": "ok?"}, {"role": "assistant", "
     ("messages", {"messages": [{"role": "user", "content": "hi"}]}, r"d.jsonl:2: no assistant turn"),
     ("sharegpt", {"conversations": [{"from": "robot", "value": "hi"}]},
      r"d.jsonl:2: field 'conversations\[0\].from': unknown role 'robot'"),
-    ("alpaca", {"instruction": "hi"}, r"d.jsonl:2: field 'output': expected a non-empty string \(missing\)"),
+    ("alpaca", {"instruction": "hi"}, r"d.jsonl:2: field 'output': expected a non-empty string \(missing; --columns output=COLUMN reads it"),
     ("alpaca", {"instruction": "hi", "output": "x", "input": 5}, r"d.jsonl:2: field 'input': expected a non-empty"),
     ("prompt-completion", {"prompt": "hi", "completion": ""}, r"d.jsonl:2: field 'completion': expected"),
     ("text", {"text": None}, r"d.jsonl:2: field 'text': expected a non-empty string"),

@@ -33,7 +33,9 @@ from llama_lora.errors import DataError
 from llama_lora.model import assets
 
 CACHE_VERSION = 1  # bump when an entry's layout changes
-DATA_MODULES = ("sources.py", "formats.py", "chat_template.py", "prepare.py", "token_cache.py")  # what renders a row
+DATA_MODULES = ("sources.py", "formats/__init__.py", "formats/fields.py", "formats/conversation.py",
+                "formats/instruction.py", "formats/markup.py", "formats/function_calling.py", "formats/message_tree.py",
+                "chat_template.py", "render.py", "prepare.py", "token_cache.py")  # what reads, renders and masks a row
 SCHEMA = pa.schema([
     ("where", pa.string()),
     ("input_ids", pa.list_(pa.int32())),

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, set_seed
 from llama_lora import distributed, quiet
 from llama_lora.atomic_files import write_json, write_text
 from llama_lora.backend import Backend
-from llama_lora.data.audit import build_audit, print_audit, render_marked
+from llama_lora.data.audit import build_audit, metrics_data, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
 from llama_lora.data.prepare import prepare
 from llama_lora.errors import UsageError
@@ -113,14 +113,7 @@ def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> i
     distributed.wait_for_everyone()  # the other processes' trainers write into the staging folder too
     if is_main:
         print(_start_notice(cfg))
-    data_record = {
-        "format": audit["format"],
-        "hash": audit["hash"],
-        "labels": audit["labels"],
-        "cache": audit["cache"],
-        **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
-                  "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
-    }
+    data_record = metrics_data(audit)
     try:
         metrics = _load_train_measure(cfg, backend, path, tokenizer, prepared.train.rows, eval_rows, staging, checkpoint,
                          prepared.labels)
