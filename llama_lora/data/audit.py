@@ -144,7 +144,8 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
         if skipped.get("count", 0) > len(skipped.get("rows", [])):
             console.print(f"{name}: skipped {skipped['count'] - len(skipped['rows'])} more bad rows", soft_wrap=True)
         if split.get("unused_fields"):
-            fields = ", ".join(f"{field} ({rows:,} rows)" for field, rows in split["unused_fields"].items())
+            fields = ", ".join(f"{field} ({rows:,} row{'s' if rows != 1 else ''})"
+                               for field, rows in split["unused_fields"].items())
             console.print(f"{name}: fields not trained on: {fields}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
     cache = audit.get("cache") or {}
