@@ -273,7 +273,3 @@ def markdown_table() -> str:
         rows = "<br>".join(f"`{json.dumps(row, ensure_ascii=False)}`".replace("|", "\\|") for row in spec.example)
         lines.append(f"| `{spec.name}` | {detected} | {rows} | {spec.doc} |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(markdown_table())
