@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 from helpers import REPO
@@ -200,6 +202,12 @@ def convert_split(split: Rows, name: str) -> list[Example]:
 
 def test_the_docs_table_of_formats_is_the_registrys():
     assert markdown_table() in (REPO / "docs" / "data.md").read_text()
+
+
+def test_every_flag_the_data_docs_name_is_an_option_of_the_command_line():
+    named = set(re.findall(r"(--[a-z][a-z-]+)", (REPO / "docs" / "data.md").read_text()))
+    help_text = capture("--help")[2]
+    assert {flag for flag in named if f"{flag} " not in help_text and f"{flag}/" not in help_text} == set()
 
 
 def test_options_whose_choices_a_registry_supplies_are_offered_and_checked_by_the_cli(tmp_path):

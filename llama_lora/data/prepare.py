@@ -226,8 +226,12 @@ def _build_once(cfg: TrainConfig, tokenizer: Any, folder: Path) -> None:
         progress = tqdm(total=len(indices), desc=f"Tokenizing {name}", unit="row", disable=len(indices) < 5 * BUILD_ROWS)
         for examples in example_chunks(rows, indices, fmt, plan.reading, tally):
             # tool-calling rows need a template that renders tools: the tokenizer's own, else Llama 3.1's
-            if template is None and any(e.needs_tool_template for e in examples):
-                template = ensure_tool_template(tokenizer)
+            first = next((e for e in examples if e.needs_tool_template), None)
+            if template is None and first is not None:
+                try:
+                    template = ensure_tool_template(tokenizer)
+                except DataError as err:
+                    raise DataError(f"{first.where}: {err}") from err
                 if template is not None and written:
                     raise _TemplateChanged
             tokenized = tokenize_examples(tokenizer, examples, loss_on, cfg.data_workers, cfg.reasoning,
