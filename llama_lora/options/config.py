@@ -97,11 +97,9 @@ class TrainConfig:
         "<think>...</think> before the answer and trained, kept there but out of the loss (context), or dropped.",
         choices=REASONING, recorded="data.hash"
     )
-    tree_paths: str = _opt(
-        "top-ranked", "Message trees (OpenAssistant oasst1/oasst2 rows): one conversation per tree following the "
-        "best-ranked reply at each step, or every path from the root to a leaf.", choices=TREE_PATHS,
-        recorded="data.hash"
-    )
+    tree_paths: str = _opt("top-ranked", "Message trees (OpenAssistant oasst1/oasst2 rows): one conversation per "
+                           "tree following the best-ranked reply at each step, or every path from the root to a leaf.",
+                           choices=TREE_PATHS, recorded="data.hash")
     bad_rows: str = _opt(
         "error", "A row that cannot be read or rendered: stop naming it, or skip it (counted, and the first few "
         "named with their reason, in the audit and metrics.json).", choices=BAD_ROWS, recorded="data.hash"

@@ -58,7 +58,7 @@ class Reading:
     bad_rows: str = "error"  # a bad row stops the run, or is skipped and named in the audit
 
 
-def parse_pairs(spec: str | dict[str, str], option: str) -> list[tuple[str, str]]:
+def parse_pairs(spec: str | dict[str, str], option: str, pair: str) -> list[tuple[str, str]]:
     """"a=b,c=d" (or a YAML mapping) as pairs; a malformed item names the option."""
     if isinstance(spec, dict):
         items = [(str(k).strip(), str(v).strip()) for k, v in spec.items()]
@@ -67,18 +67,14 @@ def parse_pairs(spec: str | dict[str, str], option: str) -> list[tuple[str, str]
                  for item in spec.split(",") if item.strip()]
     for name, value in items:
         if not name or not value:
-            raise DataError(f"{option}: '{name}={value}': expected name=value pairs separated by commas")
+            raise DataError(f"{option}: '{name}={value}': expected {pair} pairs separated by commas")
     return items
 
 
 def parse_role_map(spec: str | dict[str, str]) -> dict[str, str]:
     """The default role map updated by "name=role,name=role" (or a YAML mapping)."""
     role_map = dict(DEFAULT_ROLE_MAP)
-    try:
-        pairs = parse_pairs(spec, "--role-map")
-    except DataError as err:
-        raise DataError(f"{err} with role one of {', '.join(CHAT_ROLES)}") from err
-    for name, role in pairs:
+    for name, role in parse_pairs(spec, "--role-map", f"name=role (role one of {', '.join(CHAT_ROLES)})"):
         if role not in CHAT_ROLES:
             raise DataError(f"--role-map: '{name}={role}': expected name=role with role one of {', '.join(CHAT_ROLES)}")
         role_map[name] = role
@@ -89,7 +85,7 @@ def parse_columns(spec: str | dict[str, str], known: set[str]) -> dict[str, str]
     """--columns "field=column,...": which column holds each of a format's fields (`known`: every field a format
     reads, top-level or inside a turn)."""
     columns = {}
-    for name, column in parse_pairs(spec, "--columns"):
+    for name, column in parse_pairs(spec, "--columns", "field=column"):
         if name not in known:
             raise DataError(f"--columns: '{name}={column}': '{name}' is not a field any format reads; expected "
                             f"one of {', '.join(sorted(known))}")
