@@ -110,7 +110,7 @@ def main(cache: bool, phase: str | None, data: Path | None, cache_dir: Path | No
         path = Path(tmp) / "synthetic.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(rows)))
         raw, read_s = timed(read_file, path)
-    examples, format_s = timed(to_examples, raw, "messages", DEFAULT_ROLE_MAP)
+        examples, format_s = timed(to_examples, raw, "messages", DEFAULT_ROLE_MAP)  # rows are read lazily from the file
     results = []
     for name in tokenizers.split(","):
         tokenizer = {"llama3": llama3_tokenizer, "smollm2": smollm2_tokenizer}[name]()

@@ -4,6 +4,7 @@ naming file, line and field, and nothing written; --dry-run prints the audit and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,37 @@ def test_percentiles_use_nearest_rank():
 def test_marked_rendering_wraps_exactly_the_trained_tokens(smollm2_tokenizer):
     ids = smollm2_tokenizer("Hi there", add_special_tokens=False)["input_ids"]
     assert render_marked(smollm2_tokenizer, {"input_ids": ids, "labels": [-100, ids[1]]}) == "Hi[[ there]]"
+
+
+def test_a_bad_row_names_the_option_that_trains_the_other_rows(peft_cli, tmp_path: Path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(GOOD + "\n" + BAD_INPUTS["missing field"][0] + "\n")
+    result = CliRunner().invoke(peft_cli, ["--dataset", str(data), "--dry-run"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("--bad-rows skip leaves such rows out and names them in the audit")
+
+
+def test_bad_rows_skip_trains_the_rest_and_names_each_skipped_row_with_its_reason(peft_cli, tmp_path: Path):
+    slimorca = {"conversations": [{"from": "system", "value": ""}, {"from": "human", "value": "Hi?", "weight": 0.0},
+                                  {"from": "gpt", "value": "Hello.", "weight": 1.0}], "source": "orca"}
+    rows = [slimorca] * 3 + [{"conversations": [{"from": "human", "value": "Hi?"},
+                                                {"from": "gpt", "value": "Hello.", "weight": 0.5}]}, slimorca]
+    data = write_jsonl(tmp_path / "slimorca.jsonl", rows)
+    result = CliRunner().invoke(peft_cli, ["--dataset", str(data), "--dry-run", "--bad-rows", "skip",
+                                           "--eval-fraction", "0", "--data-cache", "off"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"│ rows read +│ +5 │", result.stdout) and re.search(r"│ rows kept +│ +4 │", result.stdout)
+    assert re.search(r"│ bad rows skipped \(--bad-rows skip\) +│ +1 │", result.stdout)
+    assert (f"train: skipped {data}:4: field 'conversations[1].weight': expected 0 (not trained) or 1 (trained), "
+            "got 0.5") in result.stdout
+    assert "train: fields not trained on: source (4 rows)" in result.stdout
+
+
+def test_the_audit_names_the_first_skipped_rows_and_counts_them_all(tmp_path: Path, smollm2_tokenizer):
+    rows = [dialogue("Q?", "A.")] + [{"messages": [{"role": "user", "content": "Q?"}]}] * 7
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = TrainConfig(dataset=str(path), model="smollm2", eval_fraction=0, bad_rows="skip", data_cache="off")
+    train = build_audit(prepare(cfg, smollm2_tokenizer), 2048, "drop", "assistant", "own")["splits"]["train"]
+    assert (train["rows_read"], train["rows_kept"], train["rows_skipped"]["count"]) == (8, 1, 7)
+    assert train["rows_skipped"]["rows"] == [f"{path}:{line}: no assistant turn (after the role map), so nothing to "
+                                             "learn from" for line in range(2, 7)]

@@ -15,6 +15,7 @@ from llama_lora.data.prepare import (
     DROP_OVERLENGTH,
     DROP_UNSUPERVISED,
     IGNORE_INDEX,
+    _hold_out,
     apply_length_policy,
     data_hash,
     prepare,
@@ -118,3 +119,24 @@ def test_every_bundled_row_survives_the_default_policy(smollm2_tokenizer):
     assert (len(prepared.train.rows), len(prepared.eval.rows)) == (301, 34)
     assert prepared.format == "messages" and prepared.train.dropped == {}
     assert json.loads(json.dumps(prepared.train.rows[0]["labels"]))  # plain ints, JSON-able
+
+
+def test_worker_processes_skip_the_same_bad_rows_as_one_process(smollm2_tokenizer):
+    examples = [Example(f"r{i}", messages=[{"role": "user", "content": f"What is {i} + {i}?"},
+                                           {"role": "assistant", "content": "\ud800" if i == 1500 else f"{2 * i}."}])
+                for i in range(2500)]
+    runs = []
+    for workers in (1, 2):
+        skipped: list[str] = []
+        rows = tokenize_examples(smollm2_tokenizer, examples, "assistant", workers, bad_rows="skip", skipped=skipped)
+        runs.append((rows, skipped))
+    assert runs[0] == runs[1] and len(runs[0][0]) == 2499
+    assert len(runs[0][1]) == 1 and runs[0][1][0].startswith("r1500: not valid Unicode text: unpaired surrogate")
+
+
+def test_held_out_rows_of_one_group_stay_together():
+    groups = ["a", "a", "b", "c", "c", "c", "d"]
+    kept, held = _hold_out(len(groups), 0.5, seed=3, groups=groups)
+    assert sorted(kept + held) == list(range(7))
+    assert not {groups[i] for i in kept} & {groups[i] for i in held} and len({groups[i] for i in held}) == 2
+    assert _hold_out(10, 0.3, seed=1) == _hold_out(10, 0.3, seed=1, groups=list(range(10)))

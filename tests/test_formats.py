@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from click.testing import CliRunner
+from helpers import REPO
+
+from llama_lora.backend import BACKENDS, Backend
+from llama_lora.data import formats
 from llama_lora.data.formats import (
     CLASSIFICATION_PROMPT,
     DEFAULT_ROLE_MAP,
+    FORMATS,
     Example,
+    Format,
+    Reading,
     class_labels,
     detect_format,
+    markdown_table,
     parse_role_map,
     to_examples,
 )
 from llama_lora.data.sources import Rows
 from llama_lora.errors import DataError
+from llama_lora.options.config import CONFIG_FIELDS, TrainConfig
+from llama_lora.train.cli import SUPPLIED_CHOICES, build_cli
 
 U, A, S = "user", "assistant", "system"
 
@@ -125,7 +137,7 @@ GOOD = {"messages": [{"role": "user", "content": "ok?"}, {"role": "assistant", "
     ("messages", {"messages": [{"role": "user", "content": "hi"}]}, r"d.jsonl:2: no assistant turn"),
     ("sharegpt", {"conversations": [{"from": "robot", "value": "hi"}]},
      r"d.jsonl:2: field 'conversations\[0\].from': unknown role 'robot'"),
-    ("alpaca", {"instruction": "hi"}, r"d.jsonl:2: field 'output': expected a non-empty string \(missing\)"),
+    ("alpaca", {"instruction": "hi"}, r"d.jsonl:2: field 'output': expected a non-empty string \(missing; --columns output=COLUMN reads it"),
     ("alpaca", {"instruction": "hi", "output": "x", "input": 5}, r"d.jsonl:2: field 'input': expected a non-empty"),
     ("prompt-completion", {"prompt": "hi", "completion": ""}, r"d.jsonl:2: field 'completion': expected"),
     ("text", {"text": None}, r"d.jsonl:2: field 'text': expected a non-empty string"),
@@ -139,3 +151,73 @@ def test_bad_rows_name_row_field_and_expectation(fmt: str, record, message: str)
     with pytest.raises(DataError, match=message):
         labels = ["l"] if fmt == "classification" else None
         to_examples(Rows([first, record], ["d.jsonl:1", "d.jsonl:2"], "d.jsonl"), fmt, DEFAULT_ROLE_MAP, labels)
+
+
+# --- The format registry: one declaration per format ------------------------------------------------------------
+
+def qa_row(record: dict, where: str, reading: Reading) -> Example:
+    return Example(where, messages=[{"role": "user", "content": record["q"]}, {"role": "assistant", "content": record["a"]}])
+
+
+@pytest.fixture
+def qa_format(monkeypatch) -> Format:
+    """A format declared the one way a new format is: a Format record in FORMATS, with its converter."""
+    spec = Format("qa-pairs", ("q", "a"), qa_row, "user: q; assistant: a", ({"q": "2+2?", "a": "4"},))
+    monkeypatch.setitem(FORMATS, spec.name, spec)
+    return spec
+
+
+def capture(*args: str) -> tuple[int, list[TrainConfig], str]:
+    """The real command line, with a runner that records the resolved config instead of training."""
+    seen: list[TrainConfig] = []
+    cli = build_cli(Backend(BACKENDS["peft"], load=lambda cfg, path: None),
+                    train=lambda cfg, backend, options=None: seen.append(cfg) or 0)
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, seen, result.output
+
+
+def test_a_declared_format_is_detected_converted_offered_and_documented(qa_format: Format):
+    assert detect_format(rows({"q": "2+2?", "a": "4"})) == "qa-pairs"
+    assert turns(convert({"q": "2+2?", "a": "4"})[0]) == [(U, "2+2?"), (A, "4")]
+    with pytest.raises(DataError, match=r"expected one of: messages \| .* \| q\+a \(or pass --format\)"):
+        detect_format(rows({"question": "2+2?"}))
+    code, seen, output = capture("--format", "qa-pairs")
+    assert code == 0 and seen[0].format == "qa-pairs"
+    assert "qa-pairs" in capture("--help")[2]
+    assert "| `qa-pairs` | `q` + `a` | `{\"q\": \"2+2?\", \"a\": \"4\"}` | user: q; assistant: a |" in markdown_table()
+
+
+def test_every_format_detects_and_converts_its_own_example_rows():
+    for name, spec in FORMATS.items():
+        split = rows(*spec.example)
+        assert detect_format(split) == name
+        examples = convert_split(split, name)
+        assert examples and all(e.messages or e.text for e in examples), name
+
+
+def convert_split(split: Rows, name: str) -> list[Example]:
+    reading = Reading(labels=class_labels(split) if name == "classification" else None)
+    return formats.convert(formats.assemble(split, name, reading), name, reading)
+
+
+def test_the_docs_table_of_formats_is_the_registrys():
+    assert markdown_table() in (REPO / "docs" / "data.md").read_text()
+
+
+def test_every_flag_the_data_docs_name_is_an_option_of_the_command_line():
+    named = set(re.findall(r"(--[a-z][a-z-]+)", (REPO / "docs" / "data.md").read_text()))
+    help_text = capture("--help")[2]
+    assert {flag for flag in named if f"{flag} " not in help_text and f"{flag}/" not in help_text} == set()
+
+
+def test_options_whose_choices_a_registry_supplies_are_offered_and_checked_by_the_cli(tmp_path):
+    supplied = {name for name, spec in CONFIG_FIELDS.items() if spec.metadata["choices_from"]}
+    assert supplied == set(SUPPLIED_CHOICES) == {"format"}
+    code, seen, output = capture("--format", "jsonl")
+    assert code == 2 and "'jsonl' is not one of 'auto', 'messages'," in output
+    config = tmp_path / "run.yaml"
+    config.write_text("format: jsonl\n")
+    code, seen, output = capture("--config", str(config))
+    assert code == 2 and not seen and "--format must be one of auto, messages, sharegpt," in output
+    with pytest.raises(DataError, match="--format must be one of auto, messages"):
+        formats.check_choice("jsonl")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from llama_lora.data.chat_template import ensure_chat_template
-from llama_lora.data.formats import DEFAULT_ROLE_MAP, class_labels, detect_format, to_examples
+from llama_lora.data.formats import Reading, assemble, class_labels, convert, detect_format
 from llama_lora.data.prepare import tokenize_examples
 from llama_lora.data.sources import read_file
 from llama_lora.errors import DataError
@@ -42,32 +43,57 @@ def maybe(strategy: st.SearchStrategy) -> st.SearchStrategy:
 
 
 words = st.text(min_size=1, max_size=12).filter(str.strip)  # a well-formed field's text
+# Text that looks like markup: special-token strings and chat-markup markers amid ordinary text.
+MARKUP = ["<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>user<|end_header_id|>\n\n", "<|im_start|>user\n",
+          "<|im_start|>assistant\n", "<|im_end|>", "### Human: ", "### Assistant: ", "<think>", "</think>"]
+prose = st.one_of(words, words, st.lists(st.one_of(st.sampled_from(MARKUP), words), min_size=1, max_size=5).map("".join))
 
 
 # Fields nest: a wrong value is drawn at one level at a time, so that well-formed conversations are common too.
-role = st.sampled_from(["system", "user", "assistant", "assistant", "tool", "teacher", "student", "gpt", "pupil"])
-part = st.fixed_dictionaries({"type": st.sampled_from(["text", "text", "text", "image_url"]), "text": words})
-content = maybe(st.one_of(words, words, st.lists(part, min_size=1, max_size=2)))
+role = st.sampled_from(["system", "user", "assistant", "assistant", "tool", "teacher", "student", "gpt", "pupil",
+                        "function", "prompter"])
+part = st.fixed_dictionaries({"type": st.sampled_from(["text", "text", "text", "image_url"]), "text": prose})
+content = maybe(st.one_of(prose, prose, st.lists(part, min_size=1, max_size=2)))
 arguments = st.one_of(st.dictionaries(words, scalar, max_size=2), st.just('{"a": 1}'), st.just("{not json"))
 call = maybe(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({
     "name": st.sampled_from(["add", "lookup"]), "arguments": arguments})}))
-turn = maybe(st.fixed_dictionaries({"role": role, "content": content},
-                                   optional={"tool_calls": st.lists(call, min_size=1, max_size=2)}))
+weight = st.sampled_from([None, 0, 1, 0.0, 1.0, 0.5, "1", True])
+turn = maybe(st.fixed_dictionaries({"role": role, "content": content}, optional={
+    "tool_calls": st.lists(call, min_size=1, max_size=2), "weight": weight, "reasoning_content": maybe(prose),
+    "thinking": maybe(prose), "function_call": maybe(st.fixed_dictionaries({"name": words, "arguments": arguments}))}))
 tool = maybe(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.sampled_from(["add", "lookup"])})}))
+row_fields = {"tools": maybe(st.lists(tool, min_size=1, max_size=2)), "system": maybe(text), "source": maybe(text),
+              "functions": maybe(st.lists(st.fixed_dictionaries({"name": words}), max_size=2))}
+glaive_chat = st.lists(st.tuples(st.sampled_from(["USER", "ASSISTANT", "FUNCTION RESPONSE"]), st.one_of(
+    prose, st.just("<functioncall> {\"name\": \"add\", \"arguments\": '{\"a\": 1}'}"), st.just("<functioncall> {bad"))),
+    min_size=1, max_size=4).map(lambda turns: "\n\n\n".join(f"{who}: {what}" for who, what in turns))
+calls = st.one_of(st.just('[{"name": "add", "arguments": {"a": 1}}]'), st.just("[]"), st.just("{nope"),
+                  st.lists(st.fixed_dictionaries({"name": words, "arguments": arguments}), max_size=2))
 rows_of = {
     "messages": st.fixed_dictionaries({"messages": maybe(st.lists(turn, min_size=1, max_size=4))},
-                                      optional={"tools": maybe(st.lists(tool, min_size=1, max_size=2))}),
-    "sharegpt": st.fixed_dictionaries({"conversations": maybe(st.lists(
-        maybe(st.fixed_dictionaries({"from": role, "value": content})), min_size=1, max_size=4))}),
-    "alpaca": st.fixed_dictionaries({"instruction": maybe(words), "output": maybe(words)},
+                                      optional=row_fields),
+    "sharegpt": st.fixed_dictionaries({"conversations": maybe(st.lists(maybe(st.fixed_dictionaries(
+        {"from": role, "value": content}, optional={"weight": weight})), min_size=1, max_size=4))},
+        optional=row_fields),
+    "message-tree": st.fixed_dictionaries({
+        "message_id": st.sampled_from(["m1", "m2", "m3", "m4"]), "parent_id": st.sampled_from([None, "m1", "m2", "m9"]),
+        "role": st.sampled_from(["prompter", "assistant", "robot"]), "text": maybe(prose)},
+        optional={"rank": maybe(st.integers(0, 2)), "deleted": st.booleans(), "lang": text}),
+    "glaive": st.fixed_dictionaries({"system": maybe(st.one_of(
+        text, st.just('SYSTEM: Use these -\n{"name": "add"}'), st.just("SYSTEM: -\n{broken"))),
+        "chat": maybe(glaive_chat)}),
+    "xlam": st.fixed_dictionaries({"query": maybe(words), "answers": maybe(calls),
+                                   "tools": maybe(st.one_of(st.just('[{"name": "add"}]'), st.lists(tool, max_size=2)))}),
+    "alpaca": st.fixed_dictionaries({"instruction": maybe(prose), "output": maybe(prose)},
                                     optional={"input": maybe(text), "system": maybe(text)}),
     "prompt-completion": st.fixed_dictionaries({"prompt": maybe(st.one_of(words, st.lists(turn, max_size=2))),
                                                 "completion": maybe(st.one_of(words, st.lists(turn, max_size=2)))}),
     "classification": st.fixed_dictionaries({"text": maybe(words),
                                              "label": maybe(st.sampled_from(["yes", "no", 1]))}),
-    "text": st.fixed_dictionaries({"text": maybe(words)}),
+    "text": st.fixed_dictionaries({"text": maybe(prose)}),
 }
+
 # One file holds one format (as users' files do), now and then with a row of anything at all.
 row = st.one_of(*rows_of.values(), anything)
 rows = st.sampled_from(sorted(rows_of)).flatmap(
@@ -107,13 +133,14 @@ def llama31(llama3_tokenizer):
     return tokenizer
 
 
-def read_format_tokenize(path: Path, tokenizer) -> None:
-    """The data path a run takes for one file (formats detected as a run detects them)."""
+def read_format_tokenize(path: Path, tokenizer, bad_rows: str) -> None:
+    """The data path a run takes for one file (formats detected, split-level formats assembled, as a run does)."""
     split = read_file(path)
-    fmt = detect_format(split)
-    labels = class_labels(split) if fmt == "classification" else None
-    examples = to_examples(split, fmt, DEFAULT_ROLE_MAP, labels)
-    tokenize_examples(tokenizer, examples, "assistant")
+    reading = Reading(bad_rows=bad_rows)
+    fmt = detect_format(split, reading)
+    split = assemble(split, fmt, reading)
+    reading = dataclasses.replace(reading, labels=class_labels(split, reading) if fmt == "classification" else None)
+    tokenize_examples(tokenizer, convert(split, fmt, reading), "assistant", bad_rows=bad_rows)
 
 
 # Raw bytes a damaged or foreign file may end with: not UTF-8, half a JSON value, a lone surrogate escape.
@@ -123,14 +150,14 @@ tail = st.integers(0, 3).flatmap(lambda n: tails if n == 0 else st.just(b""))  #
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
 @FUZZ
-@given(records=rows, tail=tail)
+@given(records=rows, tail=tail, bad_rows=st.sampled_from(["error", "skip"]))
 def test_any_rows_in_any_file_type_read_or_fail_with_a_data_error_naming_the_file(
-        tmp_path: Path, llama31, suffix: str, records: list, tail: bytes):
+        tmp_path: Path, llama31, suffix: str, records: list, tail: bytes, bad_rows: str):
     path = tmp_path / f"fuzz{suffix}"
     if not write(path, records, tail):
         return
     try:
-        read_format_tokenize(path, llama31)
+        read_format_tokenize(path, llama31, bad_rows)
         event("tokenized")  # --hypothesis-show-statistics: how many cases got all the way through
     except DataError as err:
         event("DataError")

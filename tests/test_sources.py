@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_lora.data.sources import eval_split, pick_split, read_splits
+from llama_lora.data.sources import Rows, eval_split, pick_split, read_splits, split_spec
 from llama_lora.errors import DataError
 
 ROWS = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(3)]
@@ -113,3 +113,58 @@ def test_unreadable_files_name_the_file_and_line(tmp_path: Path, name: str, cont
 def test_a_missing_local_path_is_not_sent_to_the_hub(tmp_path: Path):
     with pytest.raises(DataError, match="no such file or folder"):
         read_splits(str(tmp_path / "nope.jsonl"))
+
+
+def test_a_csv_record_spanning_lines_is_named_by_its_first_line(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text('instruction,output\nSay hi.,hi\n"Write a poem\nof\nfive\nlines\nplease",ok\nSay bye.,bye\n')
+    rows = read_splits(str(path))["train"]
+    assert [where.rsplit(":", 1)[1] for where in rows.wheres] == ["line 2", "line 3", "line 8"]
+    assert rows.records[1]["instruction"] == "Write a poem\nof\nfive\nlines\nplease"
+    path.write_text('a,b\n1,2\n"x\ny",2,3\n')
+    with pytest.raises(DataError, match=r"d.csv:line 3: 3 cells but the header names 2 columns"):
+        read_splits(str(path))
+
+
+def test_parquet_rows_keep_only_their_own_keys_inside_nested_objects(tmp_path: Path):
+    rows = [{"tools": [{"name": "weather", "parameters": {"city": {"type": "string"}}}]},
+            {"tools": [{"name": "search", "parameters": {"query": {"type": "string"}}}]}]
+    write(tmp_path / "d.parquet", rows)
+    assert read_splits(str(tmp_path / "d.parquet"))["train"].records == rows
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("data/folder:test_sft", ("data/folder", "test_sft")),
+    ("org/name:validation", ("org/name", "validation")),
+    ("org/name", ("org/name", None)),
+    ("C:\\data\\train.jsonl", ("C:\\data\\train.jsonl", None)),
+    ("folder:", ("folder:", None)),
+])
+def test_a_source_may_name_its_split_after_a_colon(spec: str, expected: tuple):
+    assert split_spec(spec) == expected
+
+
+def test_a_path_that_exists_with_a_colon_is_a_path(tmp_path: Path):
+    path = write(tmp_path / "a:b.jsonl")
+    assert split_spec(str(path)) == (str(path), None)
+
+
+@pytest.mark.parametrize("names, train, held", [
+    (["train", "validation", "test"], "train", "validation"),
+    (["train_sft", "test_sft", "train_gen", "test_gen"], "train_sft", "test_sft"),
+    (["train_gen", "test_sft", "test_gen"], "train_gen", "test_gen"),
+    (["train", "test_2024"], "train", "test_2024"),
+    (["train", "eval", "test_sft"], "train", "eval"),
+    (["train"], "train", None),
+])
+def test_the_held_out_split_is_found_by_name_prefix_and_matching_suffix(names: list, train: str, held: str | None):
+    splits = {name: Rows([name], [name], name) for name in names}
+    found = eval_split(splits, train)
+    assert (found.source if found else None) == held
+
+
+def test_an_ambiguous_held_out_split_asks_for_one_by_name():
+    splits = {name: Rows([name], [name], name) for name in ("train", "test_a", "test_b")}
+    with pytest.raises(DataError, match=r"hub: several held-out splits \(test_a, test_b\); pick one with "
+                                        r"--eval-dataset hub:SPLIT"):
+        eval_split(splits, "train", "hub")

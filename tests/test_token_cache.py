@@ -49,7 +49,9 @@ def test_a_changed_source_file_is_never_served_stale(data: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("change", [{"max_seq_length": 64}, {"loss_on": "all"}, {"role_map": "pupil=user"},
-                                    {"seed": 1}, {"overlength": "truncate"}])
+                                    {"seed": 1}, {"overlength": "truncate"}, {"columns": "messages=conversation"},
+                                    {"reasoning": "drop"}, {"tree_paths": "all"}, {"bad_rows": "skip"},
+                                    {"format": "sharegpt"}, {"dataset_split": "test"}, {"eval_fraction": 0.5}])
 def test_every_option_that_changes_tokens_or_labels_changes_the_key(data: Path, smollm2_tokenizer, change: dict):
     assert token_cache.cache_key(cfg(data, "auto", **change), smollm2_tokenizer) != \
         token_cache.cache_key(cfg(data, "auto"), smollm2_tokenizer)
@@ -57,6 +59,16 @@ def test_every_option_that_changes_tokens_or_labels_changes_the_key(data: Path, 
     changed.chat_template = smollm2_tokenizer.chat_template.replace("helpful", "careful")
     assert token_cache.cache_key(cfg(data, "auto"), changed) != token_cache.cache_key(cfg(data, "auto"),
                                                                                       smollm2_tokenizer)
+
+
+def test_a_folders_split_suffix_keys_that_split(tmp_path: Path, smollm2_tokenizer):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [dialogue("Hi?", "Hello.")])
+    write_jsonl(folder / "test.jsonl", [dialogue("Bye?", "Goodbye.")])
+    whole = token_cache.cache_key(cfg(folder, "auto", eval_dataset=str(folder)), smollm2_tokenizer)
+    test_split = token_cache.cache_key(cfg(folder, "auto", eval_dataset=f"{folder}:test"), smollm2_tokenizer)
+    assert whole != test_split
 
 
 def test_an_unfinished_entry_is_rebuilt_not_used(data: Path, tmp_path: Path, smollm2_tokenizer):

@@ -133,7 +133,8 @@ def test_a_template_without_tools_is_replaced_by_llama31_for_a_llama3_vocabulary
 def test_a_model_whose_template_drops_tools_is_refused_clearly(tmp_path: Path, smollm2_tokenizer):
     data = write_jsonl(tmp_path / "tools.jsonl", [{"messages": CONVERSATION, "tools": TOOLS}])
     tokenizer = copy.deepcopy(smollm2_tokenizer)
-    with pytest.raises(DataError, match="the data calls tools, but the model's chat template does not render tools"):
+    with pytest.raises(DataError, match=r"tools.jsonl:1: the data calls tools, but the model's chat template does "
+                                        "not render tools"):
         prepare(TrainConfig(dataset=str(data), model="smollm2", eval_fraction=0), tokenizer)
 
 

@@ -26,6 +26,7 @@ def build_audit(prepared: Prepared, max_seq_length: int, overlength: str, loss_o
         "max_seq_length": max_seq_length,
         "overlength": overlength,
         "labels": prepared.labels,
+        **prepared.options,  # reasoning, bad_rows: how the rows the audit counts were read
         "hash": prepared.hash or data_hash([*prepared.train.rows, *(prepared.eval.rows if prepared.eval else [])]),
         "splits": {name: split_audit(split) for name, split in splits.items() if split is not None},
         "cache": prepared.cache,
@@ -47,11 +48,28 @@ def split_audit(split: Split) -> dict[str, Any]:
             "rows_named": [f"{r['where']} ({r['tokens']} tokens)" for r in split.over_length[:SHOWN_WHERES]],
         },
         "truncated_rows": truncated,
+        "rows_skipped": {"count": len(split.skipped), "rows": split.skipped[:SHOWN_WHERES]},
+        "unused_fields": split.unused,
+        "weighted_out_turns": split.weighted_out,
+        "reasoning_tokens": split.reasoning_tokens,
         "tool_calling_rows": tool_rows(split.rows),
         "tokens": tokens,
         "supervised_tokens": supervised,
         "supervised_share": round(supervised / tokens, 4) if tokens else 0.0,
         "length_tokens": percentiles(split.lengths),
+    }
+
+
+def metrics_data(audit: dict[str, Any]) -> dict[str, Any]:
+    """The data section of metrics.json: format, hash, labels, the cache entry, and per split its source, counts,
+    and what was left out or not trained (skipped rows, unused fields, weighted-out turns, reasoning tokens)."""
+    kept = ("source", "tokens", "supervised_tokens", "rows_skipped", "unused_fields", "weighted_out_turns",
+            "reasoning_tokens")
+    return {
+        **{key: audit[key] for key in ("format", "hash", "labels", "cache")},
+        **{key: audit[key] for key in ("reasoning", "bad_rows") if key in audit},
+        **{name: {"rows": split["rows_kept"], **{key: split[key] for key in kept if key in split}}
+           for name, split in audit["splits"].items()},
     }
 
 
@@ -84,6 +102,7 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
     splits = audit["splits"]
     console.print(f"Data audit: format {audit['format']}, loss on {audit['loss_on']} tokens, "
                   f"chat template: {audit['chat_template']}", soft_wrap=True)
+    reasoning_shown = any(s.get("reasoning_tokens") for s in splits.values())
     table = Table()
     table.add_column("")
     for name in splits:
@@ -94,6 +113,8 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
 
     row("rows read", lambda s: s["rows_read"])
     row("rows kept", lambda s: s["rows_kept"])
+    if any(s.get("rows_skipped", {}).get("count") for s in splits.values()):
+        row("bad rows skipped (--bad-rows skip)", lambda s: s["rows_skipped"]["count"])
     reasons = sorted({reason for s in splits.values() for reason in s["rows_dropped"]})
     for reason in reasons:
         row(f"dropped: {reason}", lambda s, r=reason: s["rows_dropped"].get(r, {}).get("count", 0))
@@ -104,6 +125,10 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
         row("tool-calling rows (kept)", lambda s: s.get("tool_calling_rows", 0))
     row("tokens (kept rows)", lambda s: f"{s['tokens']:,}")
     row("supervised tokens", lambda s: f"{s['supervised_tokens']:,} ({s['supervised_share']:.1%})")
+    if reasoning_shown:
+        row(f"reasoning tokens (--reasoning {audit.get('reasoning', 'train')})", lambda s: f"{s['reasoning_tokens']:,}")
+    if any(s.get("weighted_out_turns") for s in splits.values()):
+        row("assistant turns with weight 0 (context)", lambda s: s["weighted_out_turns"])
     for key in ("min", *(f"p{p}" for p in PERCENTILES), "max"):
         row(f"row length {key}", lambda s, k=key: s["length_tokens"].get(k, "-"))
     console.print(table)
@@ -112,6 +137,16 @@ def print_audit(audit: dict[str, Any], console: Console | None = None) -> None:
             unnamed = dropped["count"] - len(dropped["rows"])
             more = f" and {unnamed} more" if unnamed else ""
             console.print(f"{name}: dropped ({reason}): {', '.join(dropped['rows'])}{more}", soft_wrap=True)
+    for name, split in splits.items():
+        skipped = split.get("rows_skipped", {})
+        for message in skipped.get("rows", []):
+            console.print(f"{name}: skipped {message}", soft_wrap=True)
+        if skipped.get("count", 0) > len(skipped.get("rows", [])):
+            console.print(f"{name}: skipped {skipped['count'] - len(skipped['rows'])} more bad rows", soft_wrap=True)
+        if split.get("unused_fields"):
+            fields = ", ".join(f"{field} ({rows:,} row{'s' if rows != 1 else ''})"
+                               for field, rows in split["unused_fields"].items())
+            console.print(f"{name}: fields not trained on: {fields}", soft_wrap=True)
     console.print(f"data hash {audit['hash'][:16]}")
     cache = audit.get("cache") or {}
     if cache.get("path") not in (None, "off"):

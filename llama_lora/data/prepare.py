@@ -1,14 +1,15 @@
 """From a dataset name to token ids and loss labels, the same for both backends.
 
-Conversations are rendered with the tokenizer's own chat template, and the label mask comes from rendering
-conversation prefixes: the text between the end of an assistant header (the generation prompt) and the end
-of that turn is the assistant's, end-of-turn token included, so the model learns to stop. This works for any
-template (TRL's `assistant_only_loss` needs `{% generation %}` markers that Llama 3.1's template lacks).
+Reading (sources), row formats (formats/) and rendering with the chat template (render) each have their module;
+this one plans the splits (which rows train, which evaluate), then builds both splits a chunk at a time into the
+token cache: rows become examples, examples token ids and labels, and over-length rows are dropped, cut or refused
+(--overlength). What was left out on the way (bad rows under --bad-rows skip, unused fields) is counted for the
+audit.
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -25,12 +26,35 @@ from tqdm import tqdm
 from llama_lora import distributed
 from llama_lora.data import token_cache
 from llama_lora.data.chat_template import ensure_tool_template
-from llama_lora.data.formats import Example, check_unicode, class_labels, detect_format, parse_role_map, to_examples
-from llama_lora.data.sources import Rows, eval_split, pick_split, read_splits
+from llama_lora.data.formats import (
+    SKIP_HINT,
+    Example,
+    Reading,
+    assemble,
+    check_choice,
+    check_unicode,
+    class_labels,
+    convert,
+    detect_format,
+    reading_for,
+)
+from llama_lora.data.render import (
+    IGNORE_INDEX,
+    count_tokens,
+    encode_literal,
+    holds_special_text,
+    label_tokens,
+    render,
+    special_pattern,
+    specials_as_text,
+)
+from llama_lora.data.sources import Rows, Tally, eval_split, pick_split, read_splits, split_spec
 from llama_lora.errors import DataError
 from llama_lora.options.config import TrainConfig
 
-IGNORE_INDEX = -100  # label value that transformers' loss skips
+__all__ = ["IGNORE_INDEX", "Prepared", "Split", "apply_length_policy", "data_hash", "load_examples", "prepare",
+           "tokenize_examples"]
+
 CHUNK_ROWS = 1000  # rows per tokenizer batch (and per progress-bar tick)
 BUILD_ROWS = 4000  # rows formatted, tokenized and written per step of a build: memory stays flat at any size
 DROP_OVERLENGTH = "longer than --max-seq-length (--overlength drop)"
@@ -47,6 +71,10 @@ class Split:
     lengths: list[int] = field(default_factory=list)  # tokens of every row read, before truncation
     over_length: list[dict[str, Any]] = field(default_factory=list)  # every row longer than the limit
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> wheres
+    skipped: list[str] = field(default_factory=list)  # bad rows left out by --bad-rows skip: each one's error
+    unused: dict[str, int] = field(default_factory=dict)  # fields no format reads -> rows holding them
+    reasoning_tokens: int = 0  # tokens of assistant reasoning in the kept rows
+    weighted_out: int = 0  # assistant turns kept out of the loss by `weight: 0`, in the kept rows
 
 
 @dataclass
@@ -60,59 +88,84 @@ class Prepared:
     template: str | None = None  # where the chat template now comes from, when tool-calling data changed it
     hash: str | None = None  # data_hash of train + eval rows, computed while building
     cache: dict[str, Any] | None = None  # the cache entry ("off" without the cache) and whether this run built it
+    options: dict[str, str] = field(default_factory=dict)  # the data options the audit names (reasoning, bad rows)
 
 
-def plan_splits(cfg: TrainConfig) -> tuple[str, dict[str, tuple[Rows, list[int]] | None], dict[str, str],
-                                          list[str] | None]:
-    """Read both splits' raw rows and decide which rows each split takes: (format, {split: (rows, row indices)},
-    sources, labels). Rows become examples later, a chunk at a time."""
+@dataclass(frozen=True)
+class Plan:
+    """Which rows each split takes, and how they are read."""
+
+    format: str
+    parts: dict[str, tuple[Rows, list[int]] | None]  # split -> (rows, the indices it takes)
+    sources: dict[str, str]
+    labels: list[str] | None
+    reading: Reading
+
+
+def plan_splits(cfg: TrainConfig) -> Plan:
+    """Read both splits' raw rows and decide which rows each split takes. Rows become examples later, a chunk at
+    a time."""
+    check_choice(cfg.format)
     splits = read_splits(cfg.dataset)
     train = pick_split(splits, cfg.dataset_split, cfg.dataset)
-    if cfg.eval_dataset:
-        other = read_splits(cfg.eval_dataset)
-        held = eval_split(other, "") or (other["train"] if len(other) == 1 else None)
-        if held is None:
-            raise DataError(f"{cfg.eval_dataset}: --eval-dataset has splits {', '.join(other)}; "
-                            "expected one of them to be called eval, validation or test")
-    else:
-        held = eval_split(splits, cfg.dataset_split)
-    fmt = detect_format(train) if cfg.format == "auto" else cfg.format
-    labels = class_labels(train) if fmt == "classification" else None
+    held = held_out_split(cfg, splits)
+    reading = reading_for(cfg)
+    fmt = detect_format(train, reading) if cfg.format == "auto" else cfg.format
+    train, held = assemble(train, fmt, reading), held and assemble(held, fmt, reading)
+    labels = class_labels(train, reading) if fmt == "classification" else None
+    reading = dataclasses.replace(reading, labels=labels)
     sources = {"train": train.source}
     if held is not None:
-        plan = {"train": (train, list(range(len(train.records)))), "eval": (held, list(range(len(held.records))))}
+        parts = {"train": (train, list(range(len(train.records)))), "eval": (held, list(range(len(held.records))))}
         sources["eval"] = held.source
     else:
-        kept, out = _hold_out(len(train.records), cfg.eval_fraction, cfg.seed)
-        plan = {"train": (train, kept), "eval": (train, out) if out else None}
+        kept, out = _hold_out(len(train.records), cfg.eval_fraction, cfg.seed, train.groups)
+        parts = {"train": (train, kept), "eval": (train, out) if out else None}
         sources["eval"] = f"{len(out)} rows held out from {train.source} (seed {cfg.seed})" if out else "none"
-    return fmt, plan, sources, labels
+    return Plan(fmt, parts, sources, labels, reading)
+
+
+def held_out_split(cfg: TrainConfig, splits: dict[str, Rows]) -> Rows | None:
+    """The eval split: --eval-dataset's (`SOURCE:SPLIT` names the split), else the dataset's own, else None."""
+    if not cfg.eval_dataset:
+        return eval_split(splits, cfg.dataset_split, cfg.dataset)
+    source, split = split_spec(cfg.eval_dataset)
+    other = read_splits(source)
+    if split:
+        return pick_split(other, split, source, option="--eval-dataset SOURCE:SPLIT")
+    held = eval_split(other, "", source) or (next(iter(other.values())) if len(other) == 1 else None)
+    if held is None:
+        raise DataError(f"{source}: --eval-dataset has splits {', '.join(other)}; name one as "
+                        f"--eval-dataset {source}:SPLIT")
+    return held
 
 
 def load_examples(cfg: TrainConfig) -> tuple[str, dict[str, list[Example]], dict[str, str], list[str] | None]:
     """Read and format the train and eval splits at once: (format, examples, sources, labels)."""
-    fmt, plan, sources, labels = plan_splits(cfg)
-    role_map = parse_role_map(cfg.role_map)
-    examples = {name: [e for chunk in example_chunks(*part, fmt, role_map, labels) for e in chunk] if part else []
-                for name, part in plan.items()}
-    return fmt, examples, sources, labels
+    plan = plan_splits(cfg)
+    examples = {name: [e for chunk in example_chunks(*part, plan.format, plan.reading) for e in chunk] if part else []
+                for name, part in plan.parts.items()}
+    return plan.format, examples, plan.sources, plan.labels
 
 
-def _hold_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded share of the training rows set aside for evaluation: (train indices, eval indices), in file order."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:round(n * fraction)])
-    return [i for i in range(n) if i not in held], [i for i in range(n) if i in held]
+def _hold_out(n: int, fraction: float, seed: int, groups: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
+    """A seeded share of the training rows set aside for evaluation: (train indices, eval indices), in file order.
+    Rows of one group (the paths of one message tree) stay on one side."""
+    keys = list(dict.fromkeys(groups)) if groups is not None else list(range(n))
+    random.Random(seed).shuffle(keys)
+    held = set(keys[:round(len(keys) * fraction)])
+    key_of = groups if groups is not None else range(n)
+    return [i for i in range(n) if key_of[i] not in held], [i for i in range(n) if key_of[i] in held]
 
 
-def example_chunks(rows: Rows, indices: list[int], fmt: str, role_map: dict[str, str],
-                   labels: list[str] | None) -> Iterator[list[Example]]:
-    """The chosen rows as Examples, BUILD_ROWS at a time (a bad row fails when its chunk is formatted)."""
+def example_chunks(rows: Rows, indices: list[int], fmt: str, reading: Reading,
+                   tally: Tally | None = None) -> Iterator[list[Example]]:
+    """The chosen rows as Examples, BUILD_ROWS at a time (a bad row fails, or is skipped into the tally, when its
+    chunk is formatted)."""
     for start in range(0, len(indices), BUILD_ROWS):
         picked = indices[start:start + BUILD_ROWS]
         chunk = Rows([rows.records[i] for i in picked], [rows.wheres[i] for i in picked], rows.source)
-        yield to_examples(chunk, fmt, role_map, labels)
+        yield convert(chunk, fmt, reading, tally)
 
 
 class _TemplateChanged(Exception):
@@ -154,28 +207,36 @@ def _build(cfg: TrainConfig, tokenizer: Any, folder: Path) -> None:
 
 
 def _build_once(cfg: TrainConfig, tokenizer: Any, folder: Path) -> None:
-    fmt, plan, sources, labels = plan_splits(cfg)
+    plan = plan_splits(cfg)
+    fmt = plan.format
     if fmt != "text" and not tokenizer.chat_template:
         raise DataError(f"{cfg.model}: the tokenizer has no chat template and is not a Llama 3 tokenizer, so "
                         f"{fmt} rows cannot be rendered; use a model that ships a template, or --format text")
-    role_map = parse_role_map(cfg.role_map)
     loss_on = "all" if fmt == "text" else cfg.loss_on
     digest, template, written = hashlib.sha256(), None, 0
     splits: dict[str, dict[str, Any] | None] = {"train": None, "eval": None}
-    for name, part in plan.items():
+    for name, part in plan.parts.items():
         if part is None:
             continue
-        split = Split(sources[name], [], read=0)
+        rows, indices = part
+        split, tally = Split(plan.sources[name], [], read=0), Tally()
+        if rows.tally and (name == "train" or rows is not plan.parts["train"][0]):
+            tally.add(rows.tally)  # what assembling the split set aside: counted once, with its own source
         writer = token_cache.TableWriter(folder / f"{name}.arrow")
-        progress = tqdm(total=len(part[1]), desc=f"Tokenizing {name}", unit="row", disable=len(part[1]) < 5 * BUILD_ROWS)
-        for examples in example_chunks(*part, fmt, role_map, labels):
+        progress = tqdm(total=len(indices), desc=f"Tokenizing {name}", unit="row", disable=len(indices) < 5 * BUILD_ROWS)
+        for examples in example_chunks(rows, indices, fmt, plan.reading, tally):
             # tool-calling rows need a template that renders tools: the tokenizer's own, else Llama 3.1's
-            if template is None and any(e.calls_tools for e in examples):
-                template = ensure_tool_template(tokenizer)
+            first = next((e for e in examples if e.needs_tool_template), None)
+            if template is None and first is not None:
+                try:
+                    template = ensure_tool_template(tokenizer)
+                except DataError as err:
+                    raise DataError(f"{first.where}: {err}") from err
                 if template is not None and written:
                     raise _TemplateChanged
-            rows = tokenize_examples(tokenizer, examples, loss_on, cfg.data_workers)
-            chunk = apply_length_policy(rows, cfg.max_seq_length, cfg.overlength, sources[name])
+            tokenized = tokenize_examples(tokenizer, examples, loss_on, cfg.data_workers, cfg.reasoning,
+                                          cfg.bad_rows, tally.skipped)
+            chunk = apply_length_policy(tokenized, cfg.max_seq_length, cfg.overlength, plan.sources[name])
             for row in chunk.rows:
                 digest.update(_row_bytes(row))
             writer.write(chunk.rows)
@@ -184,13 +245,22 @@ def _build_once(cfg: TrainConfig, tokenizer: Any, folder: Path) -> None:
             progress.update(len(examples))
         writer.close()
         progress.close()
-        splits[name] = {"source": split.source, "read": split.read, "lengths": split.lengths, "over_length": split.over_length, "dropped": split.dropped}
+        split.read += len(tally.skipped)
+        split.skipped, split.unused = tally.skipped, dict(tally.unused.most_common())
+        splits[name] = {key: getattr(split, key) for key in SPLIT_RECORD}
         if name == "train" and not written:
-            reasons = "; ".join(f"{len(w)} {reason}" for reason, w in split.dropped.items())
-            raise DataError(f"{sources['train']}: no training row left ({reasons}). Raise --max-seq-length "
+            reasons = "; ".join([f"{len(w)} {reason}" for reason, w in split.dropped.items()]
+                                + ([f"{len(split.skipped)} bad rows skipped"] if split.skipped else []))
+            raise DataError(f"{plan.sources['train']}: no training row left ({reasons}). Raise --max-seq-length "
                             "or use --overlength truncate")
-    token_cache.write_meta(folder, {"format": fmt, "labels": labels, "template": template,
-                                    "hash": digest.hexdigest(), "sources": sources, "splits": splits})
+    token_cache.write_meta(folder, {"format": fmt, "labels": plan.labels, "template": template,
+                                    "hash": digest.hexdigest(), "sources": plan.sources, "splits": splits,
+                                    "options": {"reasoning": cfg.reasoning, "bad_rows": cfg.bad_rows}})
+
+
+# What the cache's metadata keeps of each split (the rows themselves are the Arrow table).
+SPLIT_RECORD = ("source", "read", "lengths", "over_length", "dropped", "skipped", "unused", "reasoning_tokens",
+                "weighted_out")
 
 
 def _merge(split: Split, chunk: Split) -> None:
@@ -198,6 +268,8 @@ def _merge(split: Split, chunk: Split) -> None:
     split.read += chunk.read
     split.lengths += chunk.lengths
     split.over_length += chunk.over_length
+    split.reasoning_tokens += chunk.reasoning_tokens
+    split.weighted_out += chunk.weighted_out
     for reason, wheres in chunk.dropped.items():
         split.dropped.setdefault(reason, []).extend(wheres)
 
@@ -209,15 +281,18 @@ def _load(entry: Path, tokenizer: Any, cached: bool, built: bool) -> Prepared:
         ensure_tool_template(tokenizer)
     splits = {}
     for name, record in meta["splits"].items():
-        splits[name] = None if record is None else Split(
-            record["source"], token_cache.TokenTable(entry / f"{name}.arrow"), record["read"], record["lengths"],
-            record["over_length"], record["dropped"])
+        splits[name] = None if record is None else Split(**{
+            key: record[key] for key in SPLIT_RECORD if key in record},
+            rows=token_cache.TokenTable(entry / f"{name}.arrow"))
     return Prepared(meta["format"], splits["train"], splits["eval"], meta["labels"], meta["template"], meta["hash"],
-                    {"path": str(entry) if cached else "off", "built": built})
+                    {"path": str(entry) if cached else "off", "built": built}, meta.get("options", {}))
 
 
-def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, workers: int = 1) -> list[dict[str, Any]]:
-    """Full-length input_ids and labels for every example, in batches, optionally over worker processes.
+def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, workers: int = 1,
+                      reasoning: str = "train", bad_rows: str = "error",
+                      skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Full-length input_ids and labels for every example, in batches, optionally over worker processes. With
+    --bad-rows skip a row the template cannot render is left out and its error appended to `skipped`.
 
     In one process the Rust tokenizer already encodes each batch on every core; what stays serial is the
     Python part (template rendering, label masks). Worker processes split that part but must send every
@@ -228,117 +303,84 @@ def tokenize_examples(tokenizer: Any, examples: list[Example], loss_on: str, wor
     chunks = [examples[i:i + CHUNK_ROWS] for i in range(0, len(examples), CHUNK_ROWS)]
     progress = {"total": len(chunks), "desc": f"Tokenizing {len(examples):,} rows", "unit": "chunk",
                 "disable": len(chunks) < 5}
+    settings = (loss_on, reasoning, bad_rows)
     if workers <= 1:
-        return [row for chunk in tqdm(chunks, **progress) for row in _tokenize_batch(tokenizer, chunk, loss_on)]
-    # fork: the workers inherit the tokenizer instead of unpickling it; each encodes single-threaded.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=_set_worker_state, initargs=(tokenizer, loss_on)) as pool:
-        return [row for part in tqdm(pool.map(_tokenize_in_worker, chunks), **progress) for row in part]
+        rows = [row for chunk in tqdm(chunks, **progress) for row in _tokenize_batch(tokenizer, chunk, *settings)]
+    else:
+        # fork: the workers inherit the tokenizer instead of unpickling it; each encodes single-threaded.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_set_worker_state, initargs=(tokenizer, settings)) as pool:
+            rows = [row for part in tqdm(pool.map(_tokenize_in_worker, chunks), **progress) for row in part]
+    if skipped is not None:
+        skipped += [row["skipped"] for row in rows if "skipped" in row]
+    return [row for row in rows if "skipped" not in row]
 
 
 _worker_state: dict[str, Any] = {}
 
 
-def _set_worker_state(tokenizer: Any, loss_on: str) -> None:
-    _worker_state.update(tokenizer=tokenizer, loss_on=loss_on)
+def _set_worker_state(tokenizer: Any, settings: tuple[str, str, str]) -> None:
+    _worker_state.update(tokenizer=tokenizer, settings=settings)
 
 
 def _tokenize_in_worker(chunk: list[Example]) -> list[dict[str, Any]]:
-    return _tokenize_batch(_worker_state["tokenizer"], chunk, _worker_state["loss_on"])
+    return _tokenize_batch(_worker_state["tokenizer"], chunk, *_worker_state["settings"])
 
 
-def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str) -> list[dict[str, Any]]:
-    """Render, tokenize (one batched call) and label a list of examples."""
-    texts, spans = [], []
-    for example in examples:
-        if example.text is not None:
-            texts.append(example.text)
-            spans.append(None)
-        else:
-            text, assistant = _rendered_spans(tokenizer, example)
-            texts.append(text)
-            spans.append(assistant[-1:] if loss_on == "last-assistant" else assistant)
-    for example, text in zip(examples, texts):  # a surrogate inside tool arguments reaches the text unchecked
-        if not text.isascii():
-            check_unicode(text, example.where)
-    plain = [i for i, s in enumerate(spans) if s is None]
-    chat = [i for i, s in enumerate(spans) if s is not None]
-    ids: list[list[int]] = [[] for _ in examples]
-    labels: list[list[int]] = [[] for _ in examples]
-    if plain:  # continued pre-training: the tokenizer's own BOS, the text, EOS; every token counts
-        encoded = tokenizer([texts[i] for i in plain], add_special_tokens=True)["input_ids"]
-        for i, token_ids in zip(plain, encoded):
-            ids[i] = token_ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-            labels[i] = list(ids[i])
-    if chat:
+def _tokenize_batch(tokenizer: Any, examples: list[Example], loss_on: str, reasoning: str,
+                    bad_rows: str) -> list[dict[str, Any]]:
+    """Render, tokenize (batched where the data holds no special-token text) and label a list of examples; a row
+    that fails is {"where", "skipped": its error} under --bad-rows skip."""
+    pattern = special_pattern(tokenizer)
+    rows: list[dict[str, Any] | None] = [None] * len(examples)
+    plain, batched, renders = [], [], {}
+    for i, example in enumerate(examples):
+        try:
+            if example.text is not None:
+                plain.append(i)
+                continue
+            renders[i] = render(tokenizer, example, loss_on, reasoning)
+            if not renders[i].text.isascii():  # a surrogate inside tool arguments reaches the text unchecked
+                check_unicode(renders[i].text, example.where)
+            if holds_special_text(renders[i], pattern):
+                rows[i] = _row(example, *encode_literal(tokenizer, renders[i], pattern), renders[i], loss_on)
+            else:
+                batched.append(i)
+        except DataError as err:
+            rows[i] = _bad_row(example, err, bad_rows)
+    if plain:  # continued pre-training: the tokenizer's own BOS, the text as text, EOS; every token counts
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        with specials_as_text(tokenizer) as backend:
+            encodings = backend.encode_batch([examples[i].text for i in plain], add_special_tokens=True)
+        for i, encoding in zip(plain, encodings):
+            rows[i] = {"where": examples[i].where, "input_ids": encoding.ids + eos, "labels": encoding.ids + eos}
+    if batched:
         # The Rust tokenizer directly: transformers' wrapper spends longer converting offsets than encoding.
-        encodings = tokenizer.backend_tokenizer.encode_batch([texts[i] for i in chat], add_special_tokens=False)
-        for i, encoding in zip(chat, encodings):
-            ids[i] = encoding.ids
-            labels[i] = list(ids[i]) if loss_on == "all" else label_tokens(ids[i], encoding.offsets, spans[i])
-    return [{"where": e.where, "input_ids": i, "labels": lab, **({"tools": True} if e.calls_tools else {})}
-            for e, i, lab in zip(examples, ids, labels)]
+        encodings = tokenizer.backend_tokenizer.encode_batch([renders[i].text for i in batched], add_special_tokens=False)
+        for i, encoding in zip(batched, encodings):
+            rows[i] = _row(examples[i], encoding.ids, encoding.offsets, renders[i], loss_on)
+    return rows
 
 
-def _rendered_spans(tokenizer: Any, example: Example) -> tuple[str, list[tuple[int, int]]]:
-    """assistant_char_spans for one example; a template that refuses the conversation names its row."""
-    try:
-        return assistant_char_spans(tokenizer, example.messages, example.tools)
-    except DataError as err:
-        raise DataError(f"{example.where}: {err}") from err
-    except Exception as err:  # templates are foreign code (jinja2 errors, raise_exception, ...)
-        raise DataError(f"{example.where}: the chat template cannot render this conversation: "
-                        f"{type(err).__name__}: {err}") from err
+def _row(example: Example, ids: list[int], offsets: list[tuple[int, int]], rendered: Any, loss_on: str) -> dict[str, Any]:
+    """One tokenized conversation with its labels and what the audit counts of it."""
+    row = {"where": example.where, "input_ids": ids,
+           "labels": list(ids) if loss_on == "all" else label_tokens(ids, offsets, rendered.trained)}
+    if example.calls_tools:
+        row["tools"] = True
+    if rendered.reasoning:
+        row["reasoning_tokens"] = count_tokens(offsets, rendered.reasoning)
+    if rendered.weighted_out:
+        row["weighted_out"] = rendered.weighted_out
+    return row
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]],
-                         tools: list[dict[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return (text, [start, end) character spans of each assistant turn).
-
-    A span runs from the end of the assistant header (the generation prompt) to the end of the turn as the
-    template renders it, so it covers the content (or tool call) and the end-of-turn token, minus trailing
-    whitespace. Tool results, like user turns, lie outside every span.
-    """
-    def render(turns: list[dict[str, Any]], prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(turns, tools=tools, tokenize=False, add_generation_prompt=prompt)
-
-    text = render(messages)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(messages[:i], prompt=True) if i else _opening_prompt(render, message)
-        through = text if i == len(messages) - 1 else render(messages[: i + 1])
-        if not (through.startswith(before) and text.startswith(through)):
-            raise DataError("the chat template does not render conversations prefix by prefix; "
-                            "cannot locate assistant turns to mask")
-        spans.append((len(before), len(through.rstrip())))
-    return text, spans
-
-
-OPENING_MARKER = "llama-lora-opening-turn"
-
-
-def _opening_prompt(render: Any, message: dict[str, Any]) -> str:
-    """What a template renders ahead of an assistant turn that opens the conversation (there is no shorter prefix
-    to render: templates refuse empty conversations), found by rendering that turn with a marker for its text."""
-    text = render([{**message, "content": OPENING_MARKER}])
-    if OPENING_MARKER not in text:
-        raise DataError("the chat template does not render an assistant turn that opens the conversation "
-                        "as text; start the conversation with a user turn")
-    return text[: text.index(OPENING_MARKER)]
-
-
-def label_tokens(token_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """The token id where a token overlaps an assistant span, IGNORE_INDEX elsewhere."""
-    labels = [IGNORE_INDEX] * len(token_ids)
-    starts = [start for start, _ in offsets]
-    ends = [end for _, end in offsets]
-    for span_start, span_end in spans:
-        # Token offsets grow monotonically, so the tokens overlapping a span are one contiguous slice.
-        first, stop = bisect.bisect_right(ends, span_start), bisect.bisect_left(starts, span_end)
-        labels[first:stop] = token_ids[first:stop]
-    return labels
+def _bad_row(example: Example, err: DataError, bad_rows: str) -> dict[str, Any]:
+    """A row that cannot be rendered: an error, or with --bad-rows skip a marker holding it."""
+    message = str(err) if str(err).startswith(example.where) else f"{example.where}: {err}"
+    if bad_rows != "skip":
+        raise DataError(f"{message}{SKIP_HINT}") from err
+    return {"where": example.where, "skipped": message}
 
 
 def apply_length_policy(rows: list[dict[str, Any]], max_length: int, policy: str, source: str) -> Split:
@@ -364,6 +406,8 @@ def apply_length_policy(rows: list[dict[str, Any]], max_length: int, policy: str
         if all(label == IGNORE_INDEX for label in row["labels"][1:]):
             split.dropped.setdefault(DROP_UNSUPERVISED, []).append(row["where"])
             continue
+        split.reasoning_tokens += row.get("reasoning_tokens", 0)
+        split.weighted_out += row.get("weighted_out", 0)
         split.rows.append(row)
     return split
 

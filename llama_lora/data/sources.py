@@ -13,7 +13,8 @@ import os
 import weakref
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,23 @@ from llama_lora.errors import DataError
 from llama_lora.options.config import REPO_ROOT
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-# Split names a folder, saved dataset or hub dataset may use for its held-out part, in order of preference.
+# Split names a folder, saved dataset or hub dataset may use for its held-out part, in order of preference. A hub
+# split may carry a suffix (UltraChat's `test_sft` beside `train_sft`): the one whose suffix matches the training
+# split's wins.
 EVAL_SPLIT_NAMES = ("eval", "validation", "valid", "test")
+
+
+@dataclass
+class Tally:
+    """What reading a split set aside: bad rows skipped (`--bad-rows skip`: the error naming each) and fields no
+    reader used (field -> rows holding it), so the audit can show that nothing was dropped unseen."""
+
+    skipped: list[str] = field(default_factory=list)
+    unused: Counter = field(default_factory=Counter)
+
+    def add(self, other: Tally) -> None:
+        self.skipped += other.skipped
+        self.unused.update(other.unused)
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,8 @@ class Rows:
     records: Sequence[Any]  # a list, or a JSON-lines file's rows parsed on access
     wheres: Sequence[str]
     source: str  # a file, "org/name[split]", ...
+    groups: Sequence[Any] | None = None  # records that must stay on one side of a held-out split (one message tree)
+    tally: Tally | None = None  # what assembling these records from raw rows set aside
 
 
 def resolve_path(dataset: str) -> Path:
@@ -44,15 +62,30 @@ def resolve_path(dataset: str) -> Path:
 
 
 def read_splits(dataset: str) -> dict[str, Rows]:
-    """Every split a source offers: {"train": Rows} for a file, more for folders and hub datasets."""
+    """Every split a source offers: {"train": Rows} for a file, more for folders and hub datasets (a `:SPLIT`
+    suffix is the caller's to pick: see `split_spec`)."""
+    dataset = split_spec(dataset)[0]
     path = local_source(dataset)
     if path is None:
         return _read_hub(dataset)
     return {"train": read_file(path)} if path.is_file() else _read_folder(path)
 
 
+def split_spec(source: str) -> tuple[str, str | None]:
+    """`SOURCE:SPLIT` as (source, split); a source without a split suffix (or a path that exists with the colon,
+    or a Windows drive) as (source, None)."""
+    name, colon, split = source.rpartition(":")
+    if not colon or not name or not split or "/" in split or "\\" in split or len(name) == 1:
+        return source, None
+    if resolve_path(source).exists():
+        return source, None
+    return name, split
+
+
 def local_source(dataset: str) -> Path | None:
-    """The local file or folder `dataset` names, or None for a hub dataset name; a missing local path is an error."""
+    """The local file or folder `dataset` names, or None for a hub dataset name; a missing local path is an error.
+    A `FOLDER:SPLIT` names the folder."""
+    dataset = split_spec(dataset)[0]
     path = resolve_path(dataset)
     if path.is_file() or path.is_dir():
         return path
@@ -61,19 +94,29 @@ def local_source(dataset: str) -> Path | None:
     return None
 
 
-def pick_split(splits: dict[str, Rows], name: str, dataset: str) -> Rows:
+def pick_split(splits: dict[str, Rows], name: str, dataset: str, option: str = "--dataset-split") -> Rows:
     """One split by name, or an error listing the splits there are."""
     if name not in splits:
-        raise DataError(f"{dataset}: no split named '{name}' (--dataset-split); it has: {', '.join(splits)}")
+        raise DataError(f"{dataset}: no split named '{name}' ({option}); it has: {', '.join(splits)}")
     return splits[name]
 
 
-def eval_split(splits: dict[str, Rows], train_split: str) -> Rows | None:
-    """The source's own held-out split, if it has one (never the training split itself)."""
-    for name in EVAL_SPLIT_NAMES:
-        if name in splits and name != train_split:
-            return splits[name]
-    return None
+def eval_split(splits: dict[str, Rows], train_split: str, source: str = "") -> Rows | None:
+    """The source's own held-out split, if it has one (never the training split itself): a split named eval,
+    validation, valid or test, or one starting so (`test_sft`); where several do, the one with the training
+    split's suffix (`train_sft` -> `test_sft`), else an error listing them."""
+    found = [name for name in splits if name != train_split and name.startswith(EVAL_SPLIT_NAMES)]
+    if not found:
+        return None
+    suffix = train_split[len("train"):] if train_split.startswith("train") else None
+    ranked = sorted(found, key=lambda name: next(i for i, e in enumerate(EVAL_SPLIT_NAMES) if name.startswith(e)))
+    exact = [name for name in ranked if name in EVAL_SPLIT_NAMES]
+    same_suffix = [name for name in ranked if suffix and name.endswith(suffix) and name not in EVAL_SPLIT_NAMES]
+    picks = same_suffix or exact or ranked
+    if len(picks) > 1 and not exact and not same_suffix:
+        raise DataError(f"{source or 'the dataset'}: several held-out splits ({', '.join(picks)}); pick one with "
+                        f"--eval-dataset {source or 'SOURCE'}:SPLIT")
+    return splits[picks[0]]
 
 
 def read_file(path: Path) -> Rows:
@@ -183,14 +226,21 @@ def _read_json(path: Path) -> tuple[list[Any], list[str]]:
 
 
 def _read_csv(path: Path) -> tuple[list[Any], list[str]]:
+    """Rows of a CSV file with a header, each named by the line it starts on (a quoted cell may span lines)."""
     records, wheres = [], []
-    reader = csv.DictReader(io.StringIO(decode_utf8(path, path.read_bytes()), newline=""))
-    for record in reader:
-        if None in record:  # more cells than header columns
-            raise DataError(f"{path}:line {reader.line_num}: {len(record) - 1 + len(record[None])} cells "
-                            f"but the header names {len(reader.fieldnames or [])} columns")
-        records.append(record)
-        wheres.append(f"{path}:line {reader.line_num}")
+    reader = csv.reader(io.StringIO(decode_utf8(path, path.read_bytes()), newline=""))
+    header = next(reader, None) or []
+    while True:
+        first_line = reader.line_num + 1  # the record starts on the line after the one the last record ended on
+        cells = next(reader, None)
+        if cells is None:
+            break
+        if not cells:  # a blank line
+            continue
+        if len(cells) > len(header):
+            raise DataError(f"{path}:line {first_line}: {len(cells)} cells but the header names {len(header)} columns")
+        records.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+        wheres.append(f"{path}:line {first_line}")
     return records, wheres
 
 
@@ -198,10 +248,25 @@ def _read_parquet(path: Path) -> tuple[list[Any], list[str]]:
     import pyarrow.parquet as pq
 
     try:
-        records = pq.read_table(path).to_pylist()
+        records = [row_keys_only(record) for record in pq.read_table(path).to_pylist()]
     except Exception as err:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: cannot read as parquet ({err})") from err
     return records, [f"{path}: row {i}" for i in range(len(records))]
+
+
+def row_keys_only(record: dict[str, Any]) -> dict[str, Any]:
+    """A row read through Arrow without the keys other rows added: an Arrow struct column holds the union of every
+    row's keys, so a tool gains `"query": null` from another tool's parameters. A null inside a nested object is
+    therefore read as absent (Arrow cannot tell the two apart); top-level columns stay as they are."""
+    return {key: _without_nulls(value) for key, value in record.items()}
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
 
 
 def _read_folder(path: Path) -> dict[str, Rows]:
@@ -246,7 +311,7 @@ def _from_datasets(loaded: Any, name: str) -> dict[str, Rows]:
 def _dataset_rows(dataset: Any, source: str) -> Rows:
     from datasets import ClassLabel
 
-    records = dataset.to_list()
+    records = [row_keys_only(record) for record in dataset.to_list()]
     for column, feature in dataset.features.items():
         if isinstance(feature, ClassLabel):
             for record in records:

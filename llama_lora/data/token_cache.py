@@ -37,9 +37,15 @@ import xxhash
 
 from llama_lora.errors import DataError
 from llama_lora.model import assets
+from llama_lora.options.config import CONFIG_FIELDS
 
 CACHE_VERSION = 2  # bump when an entry's layout changes (2: verified files, the marker)
-DATA_MODULES = ("sources.py", "formats.py", "chat_template.py", "prepare.py", "token_cache.py")  # what renders a row
+# every option recorded as changing the data's hash, besides the sources (known by their content, so a moved file
+# still hits), and the two that change rows otherwise: truncation and the seeded eval split
+TOKEN_OPTIONS = tuple(sorted(
+    {name for name, field in CONFIG_FIELDS.items() if field.metadata["recorded"] == "data.hash"}
+    - {"dataset", "eval_dataset"} | {"max_seq_length", "seed"}
+))
 SCHEMA = pa.schema([
     ("where", pa.string()),
     ("input_ids", pa.list_(pa.int32())),
@@ -146,22 +152,25 @@ def file_digest(path: Path) -> str:
 
 
 def source_fingerprint(dataset: str) -> Any:
-    """What a source's content is known by: each local file's bytes, or a hub dataset's own fingerprints."""
-    from llama_lora.data.sources import local_source
+    """What a source's content is known by (each local file's bytes, or a hub dataset's own fingerprints), with the
+    split a `SOURCE:SPLIT` picks."""
+    from llama_lora.data.sources import local_source, split_spec
 
-    path = local_source(dataset)
+    name, split = split_spec(dataset)
+    path = local_source(name)
     if path is not None and path.is_file():
-        return file_digest(path)
+        return {"split": split, "content": file_digest(path)}
     if path is not None:
-        return {str(f.relative_to(path)): file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()}
+        return {"split": split,
+                "content": {str(f.relative_to(path)): file_digest(f) for f in sorted(path.rglob("*")) if f.is_file()}}
     import datasets
 
     try:
-        loaded = datasets.load_dataset(dataset)
+        loaded = datasets.load_dataset(name)
     except Exception as err:  # datasets raises many types (offline, gated, not found, bad config)
-        raise DataError(f"{dataset}: cannot load with datasets.load_dataset: {type(err).__name__}: {err}") from err
+        raise DataError(f"{name}: cannot load with datasets.load_dataset: {type(err).__name__}: {err}") from err
     parts = {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
-    return {split: part._fingerprint for split, part in parts.items()}
+    return {"split": split, "content": {part_name: part._fingerprint for part_name, part in parts.items()}}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -177,15 +186,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def cache_key(cfg: Any, tokenizer: Any) -> str:
     """The key of the entry a run's data maps to (every input that changes a token or a label)."""
-    code = Path(__file__).parent
+    code = Path(__file__).parent  # every module of the data stage: any of them may change how a row reads or renders
     key = {
         "version": CACHE_VERSION,
-        "code": {name: file_digest(code / name) for name in DATA_MODULES},
+        "code": {str(module.relative_to(code)): file_digest(module) for module in sorted(code.rglob("*.py"))},
         "dataset": source_fingerprint(cfg.dataset),
         "eval_dataset": source_fingerprint(cfg.eval_dataset) if cfg.eval_dataset else None,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "options": {name: getattr(cfg, name) for name in ("format", "role_map", "loss_on", "overlength",
-                                                          "max_seq_length", "dataset_split", "eval_fraction", "seed")},
+        "options": {name: getattr(cfg, name) for name in TOKEN_OPTIONS},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -33,22 +33,27 @@ MODEL_ALIASES = {
 }
 GPU_DEFAULT_MODEL = "llama-3.1-8b-instruct"
 DTYPES = ("bfloat16", "float16", "float32")
-DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt-completion", "classification", "text")
 LOSS_ON = ("assistant", "last-assistant", "all")
 OVERLENGTH = ("drop", "truncate", "error")
+BAD_ROWS = ("error", "skip")
+REASONING = ("train", "context", "drop")
+TREE_PATHS = ("top-ranked", "all")
 BATCHING = MODES  # llama_lora/options/batching.py says what each does
 
 
 def _opt(default: Any, help: str, auto: str | None = None, choices: tuple[str, ...] | None = None,
-         computes: bool = True, recorded: str | None = None) -> Any:
+         computes: bool = True, recorded: str | None = None, choices_from: str | None = None) -> Any:
     """A config field and everything the rest of the code needs to know about it, declared once.
 
     auto: what a None default resolves to (its type is the annotation's). computes: the option changes what is
     trained or measured, so `compare` checks it is equal in both runs and `--resume` refuses to change it (the
     default, the safe side). recorded: the dotted metrics.json path that shows its effect, which the fairness
     check compares (default `config.<name>`); a `training_args.<name>` path also records the trainer's value.
+    choices_from: the registry in a higher layer that declares the option's values (this module cannot import it);
+    the command line offers and checks them (train/cli.py `SUPPLIED_CHOICES`), and that layer checks them again.
     """
-    meta = {"help": help, "auto": auto, "choices": choices, "computes": computes, "recorded": recorded}
+    meta = {"help": help, "auto": auto, "choices": choices, "computes": computes, "recorded": recorded,
+            "choices_from": choices_from}
     return field(default=default, metadata=meta)
 
 
@@ -70,17 +75,35 @@ class TrainConfig:
     )
     dataset_split: str = _opt("train", "Split of the dataset to train on.", recorded="data.hash")
     eval_dataset: str | None = _opt(
-        None, "Evaluate on this dataset (any source --dataset takes; its eval/validation/test split).",
+        None, "Evaluate on this dataset (any source --dataset takes; its eval/validation/test split, or the split "
+        "named as SOURCE:SPLIT, e.g. ultrachat:test_sft).",
         auto="the dataset's own eval/validation/test split, else --eval-fraction of the training rows",
         recorded="data.hash"
     )
     format: str = _opt(
-        "auto", "Row format; auto detects it from the fields of the first row.", choices=("auto", *DATA_FORMATS),
-        recorded="data.hash"
+        "auto", "Row format (docs/data.md); auto detects it from the fields of the first row.",
+        choices_from="llama_lora/data/formats (FORMATS)", recorded="data.hash"
+    )
+    columns: str = _opt(
+        "", "Read a format's fields from other columns, as field=column pairs, e.g. "
+        "'input=context,output=response' for Dolly (YAML: a mapping). Also renames keys inside turns "
+        "('role=speaker').", recorded="data.hash"
     )
     role_map: str = _opt(
         "", "Extra role names as name=role pairs, e.g. 'bot=assistant,customer=user' (YAML: a mapping). "
         "Built in: teacher, gpt, model -> assistant; student, human -> user.", recorded="data.hash"
+    )
+    reasoning: str = _opt(
+        "train", "Assistant reasoning (reasoning_content/thinking fields, or <think> in the answer): written as "
+        "<think>...</think> before the answer and trained, kept there but out of the loss (context), or dropped.",
+        choices=REASONING, recorded="data.hash"
+    )
+    tree_paths: str = _opt("top-ranked", "Message trees (OpenAssistant oasst1/oasst2 rows): one conversation per "
+                           "tree following the best-ranked reply at each step, or every path from the root to a leaf.",
+                           choices=TREE_PATHS, recorded="data.hash")
+    bad_rows: str = _opt(
+        "error", "A row that cannot be read or rendered: stop naming it, or skip it (counted, and the first few "
+        "named with their reason, in the audit and metrics.json).", choices=BAD_ROWS, recorded="data.hash"
     )
     loss_on: str = _opt(
         "assistant", "Tokens that count in the loss: every assistant turn, the last one only, or all tokens. "
@@ -300,7 +323,7 @@ def coerce(name: str, value: Any, label: str | None = None) -> Any:
         if CONFIG_FIELDS[name].default is None:
             return None  # "auto"
         raise ConfigError(f"{label}: expected a value, got null (only options whose default is auto take null)")
-    if name == "role_map" and isinstance(value, dict):
+    if name in ("role_map", "columns") and isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     if name == "report_to" and isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value) or "none"
@@ -421,7 +444,9 @@ def with_eval_steps(cfg: TrainConfig, rows: int, processes: int = 1) -> TrainCon
 
 
 MAX_SEED = 2**32 - 1
-CAN_BE_EMPTY = ("role_map",)  # "" means no extra role names; any other empty text is a mistake, never "the default"
+# an option whose default is "" (no extra role names, no renamed columns) takes it; any other empty text is a
+# mistake, never "the default"
+CAN_BE_EMPTY = tuple(name for name, field in CONFIG_FIELDS.items() if field.default == "")
 
 
 def _form_checks(cfg: TrainConfig) -> list[tuple[bool, str]]:

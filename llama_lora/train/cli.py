@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from llama_lora import quiet
 from llama_lora.backend import Backend
+from llama_lora.data import formats
 from llama_lora.options import remote_code
 from llama_lora.options.config import (
     CONFIG_FIELDS,
@@ -30,6 +31,24 @@ from llama_lora.options.config import (
     resolve,
     value_type,
 )
+
+
+# Options whose values a registry above the options layer declares (their `_opt` names it in `choices_from`):
+# the flag offers the registry's names, and a value from --config is checked against them before anything loads.
+SUPPLIED_CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {formats.OPTION: formats.choices}
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    """The values an option takes: declared with it, or supplied by a higher layer's registry."""
+    supplied = SUPPLIED_CHOICES.get(name)
+    return supplied() if supplied else CONFIG_FIELDS[name].metadata["choices"]
+
+
+def check_supplied_choices(cfg: TrainConfig) -> None:
+    """Refuse a value a higher layer's registry does not declare (config.validate cannot see those registries)."""
+    for name, supplied in SUPPLIED_CHOICES.items():
+        if getattr(cfg, name) not in supplied():
+            raise ConfigError(f"{flag(name)} must be one of {', '.join(supplied())}, got {getattr(cfg, name)!r}")
 
 
 def _show_default(name: str) -> bool | str:
@@ -48,8 +67,8 @@ def _option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     else:
         decls = [flag(name)]
     kind = {int: int, float: float}.get(value_type(name), str)
-    if spec.metadata["choices"]:
-        kind = click.Choice(spec.metadata["choices"])
+    if _choices(name):
+        kind = click.Choice(_choices(name))
     return click.option(
         *decls,
         name,
@@ -88,6 +107,7 @@ def build_cli(backend: Backend, train: Callable[..., int] = train_with_pipeline)
         try:
             values = config_from_click(ctx, flags, config_file, trust_remote_code)
             cfg = resolve(values, backend.name, detect_machine(), trust_remote_code)
+            check_supplied_choices(cfg)
         except ConfigError as err:
             raise click.UsageError(str(err)) from err
         if resume and overwrite:

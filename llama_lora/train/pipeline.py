@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, set_seed
 from llama_lora import distributed, quiet
 from llama_lora.atomic_files import replaced, saved_into, write_json, write_text
 from llama_lora.backend import Backend
-from llama_lora.data.audit import build_audit, print_audit, render_marked
+from llama_lora.data.audit import build_audit, metrics_data, print_audit, render_marked
 from llama_lora.data.chat_template import ensure_chat_template
 from llama_lora.data import token_cache
 from llama_lora.data.prepare import Prepared, prepare
@@ -355,7 +355,7 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
         loss_history=trained.step_log.history,
         training_args=effective_args(trainer),
         config=to_record(cfg),
-        data=_data_record(data.audit),
+        data=metrics_data(data.audit),
     )
 
 
@@ -375,18 +375,6 @@ def finish(data: PreparedData, backend: Backend, run: OpenRun, metrics: run_reco
     run_record.write(staging, metrics)  # the last file written says "completed"
     run_folder.finish(run.output_dir, staging)
     _print_summary(metrics, run.output_dir)
-
-
-def _data_record(audit: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's `data`: format, hash, labels, the cache entry, and each split's source and counts."""
-    return {
-        "format": audit["format"],
-        "hash": audit["hash"],
-        "labels": audit["labels"],
-        "cache": audit["cache"],
-        **{name: {"source": split["source"], "rows": split["rows_kept"], "tokens": split["tokens"],
-                  "supervised_tokens": split["supervised_tokens"]} for name, split in audit["splits"].items()},
-    }
 
 
 def _checkpoint_of(run: OpenRun, step: int) -> Path:

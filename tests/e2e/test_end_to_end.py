@@ -81,6 +81,9 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
     assert len(m["data"]["hash"]) == 64 and m["data"]["train"]["rows"] == TRAIN_ROWS
     audit = json.loads((runs[backend] / "audit.json").read_text())
     assert audit["hash"] == m["data"]["hash"] and audit["format"] == "messages"
+    # what reading left out reaches metrics.json through the pipeline, as the audit counted it
+    assert {key: m["data"]["train"][key] for key in ("rows_skipped", "unused_fields", "reasoning_tokens")} == \
+        {key: audit["splits"]["train"][key] for key in ("rows_skipped", "unused_fields", "reasoning_tokens")}
     assert audit["splits"]["eval"]["rows_kept"] == 4
     # CPU default: padded batches; the padding they computed is measured, and was predicted by the audit
     batching = m["batching"]

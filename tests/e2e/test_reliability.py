@@ -333,9 +333,9 @@ def test_sigterm_in_the_last_step_then_resume_trains_nothing_and_equals_the_unin
     out = straight.parent / "last-step"
     staging = out.with_name(f".{out.name}.partial")
     args = command(straight.parent / "data.jsonl", out)
-    marked, env = phase_marking(tmp_path / "marks")
+    marked = phase_marking(tmp_path / "marks")
     process = subprocess.Popen([*marked, *args[1:]], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)
+                               stderr=subprocess.DEVNULL)
     wait_for_file(process, tmp_path / "marks" / "step-5")  # the sixth and last step begins
     stop_and_signal(process, signal.SIGTERM)
     assert process.wait(timeout=600) == 75
@@ -360,9 +360,9 @@ def test_sigterm_in_the_samples_and_a_kill_while_saving_each_resume_to_the_unint
         pytest.skip("needs the interrupted run of test_sigterm_in_the_last_step_...")
     args = [*command(straight.parent / "data.jsonl", out)[1:], "--resume", "--samples", "1",
             "--sample-max-tokens", "48"]
-    marked, env = phase_marking(tmp_path / "marks")
+    marked = phase_marking(tmp_path / "marks")
     with (tmp_path / "samples.log").open("w+") as log:
-        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for_file(process, tmp_path / "marks" / "samples-0")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=600) == 75
@@ -396,9 +396,9 @@ def test_sigterm_in_an_evaluation_checkpoints_its_step_without_another_and_a_sec
     staging = out.with_name(f".{out.name}.partial")
     # a longer evaluation, at step 2, and no checkpoint due there: only the signal makes one
     args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5", "--save-steps", "4"]
-    marked, env = phase_marking(tmp_path / "marks")
+    marked = phase_marking(tmp_path / "marks")
     with (tmp_path / "eval.log").open("w+") as log:
-        first = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        first = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for_file(first, tmp_path / "marks" / "evaluate-1")  # the evaluation at step 2 begins
         first.send_signal(signal.SIGSTOP)
         second = run([sys.executable, *args])  # a second run into the same folder meanwhile
@@ -424,9 +424,9 @@ def test_sigterm_before_training_stops_at_the_first_evaluation_and_the_same_comm
     out = tmp_path / "early"
     staging = out.with_name(f".{out.name}.partial")
     args = [*command(straight.parent / "data.jsonl", out)[1:], "--eval-fraction", "0.5"]
-    marked, env = phase_marking(tmp_path / "marks")
+    marked = phase_marking(tmp_path / "marks")
     with (tmp_path / "early.log").open("w+") as log:
-        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([*marked, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for_file(process, tmp_path / "marks" / "evaluate-0")  # the evaluation before training begins
         stop_and_signal(process, signal.SIGTERM)
         assert process.wait(timeout=600) == 75

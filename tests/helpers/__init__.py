@@ -154,7 +154,7 @@ import trl
 
 from llama_lora.train import samples
 
-marks = Path(os.environ["PHASE_MARKS"])
+marks = Path(__file__).parent  # this wrapper is written into the marks folder
 
 
 def marking(owner, name, mark):
@@ -175,17 +175,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def phase_marking(marks: Path) -> tuple[list[str], dict[str, str]]:
-    """(command prefix, environment) that runs the entry script named next (the PEFT one: Unsloth must be imported
+def phase_marking(marks: Path) -> list[str]:
+    """The command prefix that runs the entry script named next (the PEFT one: Unsloth must be imported
     first) unchanged, except that every training step, evaluation and the sample answers first touch a marker file
     in `marks` (step-0 as the first step begins, step-1, ...; evaluate-0 before training, evaluate-1 at the first
     evaluation during training, ...; samples-0), so a test can signal a real run in a known phase."""
-    import os
-
     marks.mkdir(parents=True, exist_ok=True)
     wrapper = marks / "phase_marks.py"
     wrapper.write_text(PHASE_MARKS)
-    return [sys.executable, str(wrapper)], {**os.environ, "PHASE_MARKS": str(marks)}
+    return [sys.executable, str(wrapper)]
 
 
 def wait_for_file(process, path: Path, timeout: float = 600) -> None:
