@@ -220,14 +220,13 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
                           for e in _checkpoint_state(checkpoint)["log_history"] if "eval_loss" in e]
     stop = GracefulStop()  # SIGTERM / Ctrl-C: finish the step, checkpoint it, stop
-    report_to = tracking.set_up(cfg.report_to, staging)
+    report_to = tracking.set_up(cfg.report_to, staging, cfg.experiment)
     trainer = make_trainer(
         model, tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
         to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None,
         [step_log, stop], backend.own_cpu_loss, cfg.early_stopping_patience, cfg.batching,
     )
-    if report_to != "none":
-        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
+    tracking.adopt(trainer, to_record(cfg))  # each tracker gets the resolved config; its run stays open to the end
     running = run_record.read(staging) if checkpoint else None
     eval_before = running.value("eval_loss.before") if running else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
@@ -256,7 +255,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     train_s = result.metrics["train_runtime"] - eval_s
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
     tokens = int(trainer.state.num_input_tokens_seen)
-    return run_record.new(
+    record = run_record.new(
         "completed",
         backend=backend.name,
         model={"name": cfg.model, "path": path},
@@ -285,6 +284,9 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         training_args=effective_args(trainer),
         config=to_record(cfg),
     )
+    if is_main:
+        tracking.report_figures(trainer, record.dump())  # peak memory by phase, tokens/s: the trackers get them too
+    return record
 
 
 def _batching_record(cfg: TrainConfig, model: Any, trainer: Any) -> dict[str, Any]:
@@ -364,7 +366,10 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     cache = (metrics.data or {}).get("cache") or {}
     if cache.get("path", "off") != "off":
         print(f"  data cache  {cache['path']}")
-    for command in tracking.look_at((metrics.config or {}).get("report_to", "none"), output_dir):
+    config = metrics.config or {}
+    for command in tracking.look_at(config.get("report_to", "none"), output_dir,
+                                    config.get("experiment", tracking.DEFAULT_EXPERIMENT),
+                                    run_folder.staging_dir(output_dir)):
         print(f"  tracking    {command}")
     if metrics.samples:
         style, n = metrics.samples["style"], metrics.samples["prompts"]
