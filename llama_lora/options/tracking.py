@@ -295,7 +295,7 @@ TRACKERS = {tracker.name: tracker for tracker in (
         adopt=_wandb_adopt, figures=_wandb_figures, close=_wandb_close, comparison=_wandb_comparison,
     ),
     Tracker(
-        "mlflow", "mlflow", "pip install mlflow-skinny==3.18.0 (or the full mlflow)",
+        "mlflow", "mlflow", "pip install mlflow-skinny==3.18.0 (logs; `mlflow ui` needs the full mlflow package)",
         _mlflow_environment, lambda experiment: {"MLFLOW_EXPERIMENT_NAME": experiment},
         "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {MLFLOW_TRACKING_URI}",
         view=_store_view("mlflow"), shared_store=True,
