@@ -141,7 +141,8 @@ def test_two_machines_through_torchrun_train_one_adapter_on_disjoint_shards(data
     script = wrapper(notes)
     port = free_port()
     commands = [[str(torchrun), "--nnodes", "2", "--node_rank", str(rank),
-                 "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+                 "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                 "--", str(script),  # without it torchrun takes --r for an abbreviation of its own options
                  "--dataset", str(data), "--output-dir", str(out), *FLAGS] for rank in (0, 1)]
     machines = launch_two_machines(commands, [{}, {}])
     check_one_run_trained_on_disjoint_shards(out, notes, machines)
