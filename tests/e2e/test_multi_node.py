@@ -2,7 +2,7 @@
 address (gloo on CPU), once through the SLURM example's per-machine script (configs/slurm/launch_node.sh, which runs
 `accelerate launch` with configs/accelerate/multi_node.yaml; only `srun` and `scontrol` are missing here, so the
 test plays SLURM's part by setting its variables) and once through the documented torchrun command. Each launch
-trains 2 steps (about a minute on 2 cores). A wrapper around the entry script notes, on every rank, the rows it
+trains 2 steps of batch 2 on two processes. A wrapper around the entry script notes, on every rank, the rows it
 trained on and the adapter it ended with, which the run itself never writes."""
 
 from __future__ import annotations

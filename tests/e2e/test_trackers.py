@@ -1,5 +1,5 @@
 """One comparison pair (`compare_backends.py --run --report-to tensorboard,wandb,mlflow,trackio`, PEFT then Unsloth,
-3 steps each: about 2.5 minutes on 2 cores) read back through each tracker's own reader: every run holds
+3 steps each with 3 evaluations: the cost of two tiny runs plus the trackers' start-up) read back through each tracker's own reader: every run holds
 train_log.jsonl's figures step for step, the eval curve, the resolved config and the run's own figures (peak memory
 by phase, tokens/s), both runs sit in one experiment/project/logdir named by backend and settings, and the
 comparison's verdict is filed with them."""

@@ -1,6 +1,6 @@
 """Pre-emption on the Unsloth backend: SIGTERM mid-run checkpoints the step in flight, exits 75, and --resume
-finishes the run with the same losses and adapter as a run that was never stopped. Three Unsloth runs of 6 steps:
-about 2.5 minutes on 2 cores."""
+finishes the run with the same losses and adapter as a run that was never stopped. Three Unsloth runs of at most
+6 steps of batch 2 (the uninterrupted one, the signalled one, its resumption)."""
 
 from __future__ import annotations
 
