@@ -74,7 +74,8 @@ def train_both(root: Path, flags: tuple[str, ...]) -> dict[str, Path]:
 
 @click.command(context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]})
 @click.argument("runs", nargs=-1, type=click.UNPROCESSED)
-@click.option("--run", "train", is_flag=True, help="Train both backends first; other flags go to both scripts.")
+@click.option("--run", "train", is_flag=True, help="Train both backends first; other flags go to both scripts (with --report-to, both runs "
+              "go into one experiment of each tracker, with the verdict).")
 @click.option("--force", is_flag=True, help="Declare a faster/leaner backend even if the fairness check fails.")
 @click.option("--out", type=click.Path(path_type=Path), default=OUTPUT_ROOT, show_default=True,
               help="Root of the run folders (--run) and where the comparison files go.")
