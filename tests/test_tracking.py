@@ -160,3 +160,13 @@ def test_every_declared_tracker_names_its_module_install_command_and_views():
         fields = {f.name for f in dataclasses.fields(spec)}
         assert all(getattr(spec, field) is not None for field in fields)
         assert "{" in spec.look  # the command names where this run's files are
+
+
+def test_a_comparison_gets_a_new_experiment_unless_one_is_named():
+    from helpers import load_script
+
+    compare = load_script("compare_backends.py")
+    flags, experiment = compare.with_experiment(("--report-to", "mlflow"))
+    assert experiment.startswith("compare-backends-") and flags == ("--report-to", "mlflow", "--experiment", experiment)
+    assert compare.with_experiment(("--experiment=mine",)) == (("--experiment=mine",), "mine")
+    assert compare.flag_value(("--report-to", "wandb", "--report-to=mlflow"), "--report-to") == "mlflow"  # last wins
