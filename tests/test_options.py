@@ -114,7 +114,8 @@ def test_resume_refuses_a_change_to_every_compute_changing_option(name: str, tmp
 
 def test_resume_accepts_changes_to_bookkeeping_options_only(tmp_path: Path):
     assert set(BOOKKEEPING) == {"data_workers", "save_steps", "keep_checkpoints", "samples", "sample_max_tokens",
-                                "output_dir", "report_to", "data_cache"}
+                                "output_dir", "report_to", "experiment", "run_name",
+                                "data_cache"}
     cfg = resolved()
     save_yaml(cfg, tmp_path / "config.yaml")
     check_same_config(tmp_path, dataclasses.replace(cfg, **{n: other_value(n, getattr(cfg, n)) for n in BOOKKEEPING}))

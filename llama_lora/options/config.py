@@ -221,10 +221,14 @@ class TrainConfig:
         256, "New tokens each sample answer may use (the bundled data's first teacher turns are 115-235 tokens).",
         computes=False
     )
-    report_to: str = _opt(
-        "none", "Experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio (YAML: a list). Offline, "
-        "logging inside the run folder; they get the resolved config and every logged step (llama_lora/options/tracking.py).",
-        computes=False,
+    report_to: str = _opt("none", tracking.help_text(), computes=False)
+    experiment: str = _opt(
+        tracking.DEFAULT_EXPERIMENT, "What the trackers file the run under: MLflow's experiment, W&B's and Trackio's "
+        "project (compare_backends.py --run gives both backends' runs one).", computes=False
+    )
+    run_name: str | None = _opt(
+        None, "The run's name in the trackers.", auto="the backend and its settings, e.g. 'peft smollm2 r16 alpha32 "
+        "lr0.001 float32 batch 2x1 padded 60 steps'", computes=False
     )
     output_dir: str | None = _opt(
         None, "Where the run folder is written.", auto=f"{OUTPUT_ROOT}/<backend>", computes=False
@@ -428,6 +432,7 @@ def resolve(cfg: TrainConfig, backend: str, machine: Machine, trust_remote_code:
     if resolved.eval_steps is None and (resolved.max_steps > 0 or resolved.early_stopping_patience):
         # an epoch-based run's step count needs the data: with_eval_steps() resolves it once that is read
         resolved = with_eval_steps(resolved, rows=0)
+    resolved = dataclasses.replace(resolved, run_name=resolved.run_name or tracking.default_run_name(backend, resolved))
     refused = batching_refusal(resolved.batching, backend, machine.cuda, trust_remote_code)
     if refused:
         raise ConfigError(refused)

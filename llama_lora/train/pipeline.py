@@ -268,7 +268,7 @@ def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop
     if checkpoint:  # the evaluations before the interruption, from the checkpoint's own log
         step_log.evals = [{"step": e["step"], "eval_loss": e["eval_loss"], "seconds": e.get("eval_runtime")}
                           for e in state["log_history"] if "eval_loss" in e]
-    report_to = tracking.set_up(cfg.report_to, staging)
+    report_to = tracking.set_up(cfg.report_to, staging, cfg.experiment)
     eval_rows = data.eval_rows
     trainer = make_trainer(
         model, data.tokenizer, build_sft_config(cfg, staging / files.CHECKPOINTS, report_to, bool(eval_rows)),
@@ -277,8 +277,7 @@ def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop
         cfg.early_stopping_patience, cfg.batching,
     )
     trainer.stop_requested = stop.requested  # no batch is taken once a signal arrived
-    if report_to != "none":
-        trainer.add_callback(tracking.config_callback(to_record(cfg), trainer))
+    tracking.adopt(trainer, to_record(cfg))  # each tracker gets the resolved config; its run stays open to the end
     if checkpoint:
         restore_patience(trainer, state)
         trainer.training_done = planned_training_done(state)
@@ -326,7 +325,7 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
     train_s = trained.result.metrics["train_runtime"] - eval_s
     # the trainer gathers the token count from every process: tokens/s is the whole launch's figure
     tokens = int(trainer.state.num_input_tokens_seen)
-    return run_record.new(
+    metrics = run_record.new(
         "completed",
         backend=backend.name,
         model={"name": cfg.model, "path": data.path},
@@ -357,6 +356,9 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
         config=to_record(cfg),
         data=metrics_data(data.audit),
     )
+    if is_main:
+        tracking.report_figures(trainer, metrics.dump())  # peak memory by phase, tokens/s: the trackers get them too
+    return metrics
 
 
 def finish(data: PreparedData, backend: Backend, run: OpenRun, metrics: run_record.RunRecord,
@@ -472,7 +474,10 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     cache = (metrics.data or {}).get("cache") or {}
     if cache.get("path", "off") != "off":
         print(f"  data cache  {cache['path']}")
-    for command in tracking.look_at((metrics.config or {}).get("report_to", "none"), output_dir):
+    config = metrics.config or {}
+    for command in tracking.look_at(config.get("report_to", "none"), output_dir,
+                                    config.get("experiment", tracking.DEFAULT_EXPERIMENT),
+                                    run_folder.staging_dir(output_dir)):
         print(f"  tracking    {command}")
     if metrics.samples:
         style, n = metrics.samples["style"], metrics.samples["prompts"]

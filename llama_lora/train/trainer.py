@@ -89,6 +89,8 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, report_to: list[str] | 
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to=report_to,  # what the trackers see; never what is computed
+        run_name=cfg.run_name,
+        project=cfg.experiment,  # Trackio's project (the others take --experiment from the environment)
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )

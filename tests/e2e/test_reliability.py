@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from helpers import REPO, phase_marking, read_metrics, wait_for_file, wait_for_logged_steps
+from helpers.trackers import scalars, wandb_records
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -55,39 +55,6 @@ def uninterrupted(tmp_path_factory, smollm2_path) -> tuple[Path, subprocess.Comp
     result = run(command(data, root / "straight", "--report-to", "tensorboard,wandb"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "straight", result
-
-
-def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one scalar, read back with TensorBoard's own reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
-
-
-def wandb_records(run_file: Path) -> list[Any]:
-    """The records of an offline W&B run file (`run-*.wandb`), in order. W&B ships no reader for it (`wandb sync`
-    uploads it); the file is a 7-byte W&B header, then LevelDB's log format (32 KiB blocks of chunks, each with a
-    7-byte header: CRC, length, kind full/first/middle/last), each record a protobuf `Record` of wandb's own."""
-    from wandb.proto import wandb_internal_pb2
-
-    block, data = 32768, run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    records, pending, pos = [], b"", 7
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4) and pending:  # a full record, or the last chunk of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
 
 
 @pytest.mark.parametrize("script", ["lora_peft_finetuning.py", "lora_unsloth_finetuning.py"])
