@@ -17,7 +17,7 @@ A transcript is an HTML comment naming the command, then a fenced block that sho
 Options go in parentheses, comma-separated: `<!-- command (expensive, exit 2, from "Saved adapter", lines 12): ... -->`
 (`expensive`: refreshed only with --expensive, never by the tests; `exit N`: the status the command must end with;
 `from "TEXT"`: keep the output from the first line containing TEXT; `lines N`: keep at most N lines). Every command
-runs in bash from the repository root without a GPU (CUDA_VISIBLE_DEVICES empty), 80 columns wide, with an empty
+runs in bash from the repository root without a GPU (CUDA_VISIBLE_DEVICES empty), 100 columns wide, with an empty
 tokenized-data cache, `python` being this interpreter. Expensive commands build on each other (the adapter pages use
 the run folder the first training command writes), so --expensive runs all of them, in file order, in a temporary
 copy of the repository; --only then limits which blocks are rewritten. Under an expensive block the refresh writes
@@ -222,7 +222,7 @@ def run(command: str, cwd: Path = REPO, timeout: float = TIMEOUT_S["cheap"]) -> 
     ran in shown relative, the temporary data cache as the default one, and the home folder as ~."""
     with tempfile.TemporaryDirectory() as shims, tempfile.TemporaryDirectory() as cache:
         _python_shim(Path(shims))
-        env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1",
                "CUDA_VISIBLE_DEVICES": "", "LLAMA_LORA_DATA_CACHE": cache,
                "PATH": shims + os.pathsep + os.environ.get("PATH", "")}
         done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
