@@ -88,9 +88,16 @@ class Transcript:
     body: tuple[str, ...]  # the block's lines between the fences
     fence_end: int  # index of the closing fence
 
+    ordinal: int = 0  # how many blocks with the same command come before it on its page
+
     @property
     def where(self) -> str:
         return f"{self.path.relative_to(REPO)}:{self.line + 1}"
+
+    @property
+    def key(self) -> tuple[str, bool, int]:
+        """What identifies the block on its page even after the lines around it moved."""
+        return self.command, self.expensive, self.ordinal
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ def _fence(lines: list[str], after: int, where: str) -> tuple[int, int]:
 def transcripts(path: Path) -> list[Transcript]:
     """Every marked command of one page."""
     lines = path.read_text().split("\n")
-    found = []
+    found: list[Transcript] = []
     for index, line in enumerate(lines):
         match = COMMAND.match(line)
         if not match:
@@ -167,8 +174,10 @@ def transcripts(path: Path) -> list[Transcript]:
         where = f"{path.relative_to(REPO)}:{index + 1}"
         options = parse_options(match["options"] or "", where)
         opening, closing = _fence(lines, index, where)
+        ordinal = sum(1 for block in found if (block.command, block.expensive) ==
+                      (match["command"], options["expensive"]))
         found.append(Transcript(path, index, match["command"], body=tuple(lines[opening + 1:closing]),
-                                fence_end=closing, **options))
+                                fence_end=closing, ordinal=ordinal, **options))
     return found
 
 
@@ -414,19 +423,23 @@ def caption() -> str:
     return f"_Printed on {datetime.date.today().isoformat()} on {machine()}, load average {load:.2f} at the start._"
 
 
-def rewrite(path: Path, fresh: dict[int, list[str]], captioned: set[int]) -> None:
-    """Replace the blocks of one page (keyed by marker line) with their fresh lines, last block first."""
+Key = tuple[str, bool, int]
+
+
+def rewrite(path: Path, fresh: dict[Key, list[str]], captioned: set[Key]) -> None:
+    """Replace the blocks of one page with their fresh lines, last block first (the page is read again now, so
+    edits made while the commands ran are kept)."""
     lines = path.read_text().split("\n")
     for block in sorted(transcripts(path), key=lambda b: b.line, reverse=True):
-        if block.line not in fresh:
+        if block.key not in fresh:
             continue
         after = lines[block.fence_end + 1:]
-        if block.line in captioned:
+        if block.key in captioned:
             if after and CAPTION.match(after[0]):
                 after = after[1:]
             after = [caption(), *after]
         opening = block.fence_end - len(block.body) - 1
-        lines = lines[:opening + 1] + fresh[block.line] + ["```"] + after
+        lines = lines[:opening + 1] + fresh[block.key] + ["```"] + after
     path.write_text("\n".join(lines))
 
 
@@ -447,13 +460,17 @@ def repository_copy(target: Path) -> Path:
     return target
 
 
-def expensive_outputs(blocks: list[Transcript]) -> Iterator[tuple[Transcript, list[str]]]:
-    """Run every expensive block in order in one temporary copy of the repository, yielding each one's lines."""
+def expensive_outputs(blocks: list[Transcript]) -> Iterator[tuple[Transcript, list[str] | str]]:
+    """Run every expensive block in order in one temporary copy of the repository, yielding each one's lines (or,
+    when its command failed, the reason: later blocks still run, and those that needed it fail in turn)."""
     with tempfile.TemporaryDirectory(prefix="llama-lora-docs-") as folder:
         copy = repository_copy(Path(folder))
         for block in blocks:
             click.echo(f"running (expensive) {block.where}: {block.command}", err=True)
-            yield block, regenerate(block, copy)
+            try:
+                yield block, regenerate(block, copy)
+            except (DocError, subprocess.TimeoutExpired) as err:
+                yield block, str(err)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -473,30 +490,38 @@ def main(only: str | None, expensive: bool, check: bool, list_only: bool) -> Non
             click.echo(f"{table.where}  figures    {table.record}")
         return
     problems = [problem for table in tables for problem in figure_problems(table)]
-    fresh: dict[Path, dict[int, list[str]]] = {}
+    changed: list[str] = []
+    fresh: dict[Path, dict[Key, list[str]]] = {}
     for block in blocks:
         if block.expensive or not selected(block, only):
             continue
         click.echo(f"running {block.where}: {block.command}", err=True)
-        lines = stale(block)
+        try:
+            lines = stale(block)
+        except DocError as err:
+            problems.append(str(err))
+            continue
         if lines is not None:
-            problems.append(f"{block.where}: `{block.command}` prints something else now")
-            fresh.setdefault(block.path, {})[block.line] = lines
-    captioned: dict[Path, set[int]] = {}
+            changed.append(f"{block.where}: `{block.command}` prints something else now")
+            fresh.setdefault(block.path, {})[block.key] = lines
+    captioned: dict[Path, set[Key]] = {}
     if expensive and not check:
         chain = [block for block in blocks if block.expensive]
         if any(selected(block, only) for block in chain):
             for block, lines in expensive_outputs(chain):
-                if selected(block, only):
-                    fresh.setdefault(block.path, {})[block.line] = lines
-                    captioned.setdefault(block.path, set()).add(block.line)
-    for problem in problems:
-        click.echo(problem, err=True)
+                if isinstance(lines, str):
+                    problems.append(lines)
+                elif selected(block, only):
+                    fresh.setdefault(block.path, {})[block.key] = lines
+                    captioned.setdefault(block.path, set()).add(block.key)
+    for line in changed + problems:
+        click.echo(line, err=True)
     if check:
-        sys.exit(1 if problems else 0)
+        sys.exit(1 if changed or problems else 0)
     for path, blocks_of_page in fresh.items():
         rewrite(path, blocks_of_page, captioned.get(path, set()))
         click.echo(f"rewrote {len(blocks_of_page)} block(s) in {path.relative_to(REPO)}", err=True)
+    sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":
