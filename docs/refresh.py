@@ -163,12 +163,30 @@ def _fence(lines: list[str], after: int, where: str) -> tuple[int, int]:
     return opening, closing
 
 
+def outside_fences(lines: list[str]) -> list[bool]:
+    """For each line, whether it is prose (outside every fenced block): a mark shown as an example inside a
+    fence is not a mark. A fence closes only at a line of at least as many backticks as opened it."""
+    outside, opened = [], 0
+    for line in lines:
+        ticks = len(line) - len(line.lstrip("`"))
+        if opened == 0 and ticks >= 3:
+            outside.append(False)
+            opened = ticks
+        elif opened and ticks >= opened and not line.strip("`").strip():
+            outside.append(False)
+            opened = 0
+        else:
+            outside.append(opened == 0)
+    return outside
+
+
 def transcripts(path: Path) -> list[Transcript]:
     """Every marked command of one page."""
     lines = path.read_text().split("\n")
+    prose = outside_fences(lines)
     found: list[Transcript] = []
     for index, line in enumerate(lines):
-        match = COMMAND.match(line)
+        match = COMMAND.match(line) if prose[index] else None
         if not match:
             continue
         where = f"{path.relative_to(REPO)}:{index + 1}"
@@ -184,9 +202,10 @@ def transcripts(path: Path) -> list[Transcript]:
 def sourced_tables(path: Path) -> list[SourcedTable]:
     """Every table marked as sourced from a record, with its expressions and body rows."""
     lines = path.read_text().split("\n")
+    prose = outside_fences(lines)
     found = []
     for index, line in enumerate(lines):
-        match = FIGURES.match(line)
+        match = FIGURES.match(line) if prose[index] else None
         if not match:
             continue
         where = f"{path.relative_to(REPO)}:{index + 1}"
