@@ -23,8 +23,9 @@ the run folder the first training command writes), so --expensive runs all of th
 copy of the repository; --only then limits which blocks are rewritten. Under an expensive block the refresh writes
 the date, the machine and its load.
 
-A table whose figures come from a committed record is marked with the record and one line per table row, listing
-an expression for each number in that row (the first column, code spans and link targets left out):
+A table whose figures come from a committed record is marked with the record (its path from the repository root)
+and one line per table row, listing an expression for each number in that row (the first column, code spans and
+link targets left out):
 
     <!-- figures from benchmarks/results/NVIDIA-H100-80GB-HBM3-2026-11-23.json
     configs.A.backends.peft.median_tokens_per_s, configs.A.backends.unsloth.median_tokens_per_s
