@@ -93,7 +93,7 @@ class Transcript:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line + 1}"
+        return f"{shown(self.path)}:{self.line + 1}"
 
     @property
     def key(self) -> tuple[str, bool, int]:
@@ -113,7 +113,7 @@ class SourcedTable:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line + 1}"
+        return f"{shown(self.path)}:{self.line + 1}"
 
 
 class DocError(ValueError):
@@ -121,6 +121,11 @@ class DocError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ reading marks
+
+def shown(path: Path) -> str:
+    """A page's path as messages name it: from the repository root when it is inside."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
 
 def doc_files(root: Path = REPO) -> list[Path]:
     """The pages that may hold marks, in the order their expensive commands run."""
@@ -190,7 +195,7 @@ def transcripts(path: Path) -> list[Transcript]:
         match = COMMAND.match(line) if prose[index] else None
         if not match:
             continue
-        where = f"{path.relative_to(REPO)}:{index + 1}"
+        where = f"{shown(path)}:{index + 1}"
         options = parse_options(match["options"] or "", where)
         opening, closing = _fence(lines, index, where)
         ordinal = sum(1 for block in found if (block.command, block.expensive) ==
@@ -209,7 +214,7 @@ def sourced_tables(path: Path) -> list[SourcedTable]:
         match = FIGURES.match(line) if prose[index] else None
         if not match:
             continue
-        where = f"{path.relative_to(REPO)}:{index + 1}"
+        where = f"{shown(path)}:{index + 1}"
         end = next((i for i in range(index + 1, len(lines)) if lines[i].strip() == "-->"), None)
         if end is None:
             raise DocError(f"{where}: the figures mark is never closed with a '-->' line")
@@ -465,7 +470,7 @@ def rewrite(path: Path, fresh: dict[Key, list[str]], captioned: set[Key]) -> Non
 
 def selected(block: Transcript, only: str | None) -> bool:
     """Whether --only picks this block (its page's path or its command contains the pattern)."""
-    return only is None or only in str(block.path.relative_to(REPO)) or only in block.command
+    return only is None or only in shown(block.path) or only in block.command
 
 
 def repository_copy(target: Path) -> Path:
@@ -540,7 +545,7 @@ def main(only: str | None, expensive: bool, check: bool, list_only: bool) -> Non
         sys.exit(1 if changed or problems else 0)
     for path, blocks_of_page in fresh.items():
         rewrite(path, blocks_of_page, captioned.get(path, set()))
-        click.echo(f"rewrote {len(blocks_of_page)} block(s) in {path.relative_to(REPO)}", err=True)
+        click.echo(f"rewrote {len(blocks_of_page)} block(s) in {shown(path)}", err=True)
     sys.exit(1 if problems else 0)
 
 

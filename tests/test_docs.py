@@ -54,6 +54,32 @@ def test_what_varies_between_runs_is_normalised_and_nothing_else():
     assert refresh.normalise(["eval loss   2.5988 -> 2.1499"]) != refresh.normalise(["eval loss   2.5988 -> 2.1501"])
 
 
+def test_refreshing_a_page_replaces_only_the_marked_blocks_output(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Intro.\n\n<!-- command: echo hello -->\n```text\n$ echo hello\nstale\n```\nAfter.\n\n"
+                    "````text\n<!-- command: echo not a mark, only shown -->\n```text\n```\n````\n\n"
+                    "<!-- command (expensive, exit 3, from \"b\"): printf 'a\\nb\\nc\\n'; exit 3 -->\n```text\n```\n")
+    blocks = refresh.transcripts(page)
+    assert [(block.command, block.expensive, block.exit) for block in blocks] == [
+        ("echo hello", False, 0), ("printf 'a\\nb\\nc\\n'; exit 3", True, 3)]
+    fresh = {block.key: refresh.regenerate(block) for block in blocks}
+    refresh.rewrite(page, fresh, {blocks[1].key})
+    text = page.read_text()
+    assert "$ echo hello\nhello\n```\nAfter." in text and "stale" not in text
+    assert "echo not a mark, only shown -->\n```text\n```" in text
+    assert re.search(r"\$ printf .*\n\.\.\.\nb\nc\n```\n_Printed on \d{4}-\d\d-\d\d on .*load average", text)
+
+
+def test_a_command_that_ends_with_another_status_or_an_unknown_option_is_an_error(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- command: exit 2 -->\n```text\n```\n")
+    with pytest.raises(refresh.DocError, match="exited with 2, expected 0"):
+        refresh.regenerate(refresh.transcripts(page)[0])
+    page.write_text("<!-- command (expensiv): true -->\n```text\n```\n")
+    with pytest.raises(refresh.DocError, match="unknown marker option 'expensiv'"):
+        refresh.transcripts(page)
+
+
 @pytest.mark.parametrize("table", TABLES, ids=lambda table: table.where)
 def test_each_figure_of_a_sourced_table_equals_its_record(table):
     assert refresh.figure_problems(table) == []
