@@ -21,7 +21,7 @@ runs in bash from the repository root without a GPU (CUDA_VISIBLE_DEVICES empty)
 tokenized-data cache, `python` being this interpreter. Expensive commands build on each other (the adapter pages use
 the run folder the first training command writes), so --expensive runs all of them, in file order, in a temporary
 copy of the repository; --only then limits which blocks are rewritten. Under an expensive block the refresh writes
-the date, the machine and its load.
+the date, the machine and its load when the command started and ended.
 
 A table whose figures come from a committed record is marked with the record (its path from the repository root)
 and one line per table row, listing an expression for each number in that row (the first column, code spans and
@@ -234,12 +234,21 @@ def sourced_tables(path: Path) -> list[SourcedTable]:
 
 # --------------------------------------------------------------------------------------------- running commands
 
+PROGRESS = re.compile(r"^(?P<label>[^|]*?):\s+\d+%\|")
+
+
 def clean(output: str) -> str:
-    """What a terminal would show: the last state of each progress-bar line, no colours, no trailing spaces."""
-    shown = []
+    """What a terminal would show: the last state of each progress bar, no colours, no trailing spaces."""
+    shown: list[str] = []
     for line in ANSI.sub("", output).split("\n"):
         parts = [part for part in line.split("\r") if part.strip()]
-        shown.append(parts[-1].rstrip() if parts else "")
+        line = parts[-1].rstrip() if parts else ""
+        bar = PROGRESS.match(line)
+        # a bar redrawn on a new line (no terminal to return to) replaces its previous state, as it would on screen
+        if bar and shown and (previous := PROGRESS.match(shown[-1])) and previous["label"] == bar["label"]:
+            shown[-1] = line
+        else:
+            shown.append(line)
     return "\n".join(shown).strip("\n")
 
 
@@ -442,16 +451,17 @@ def machine() -> str:
     return f"{cpu} (GPU hidden: {gpu[0]})" if gpu else f"{cpu} without a GPU"
 
 
-def caption() -> str:
-    """The line written under an expensive transcript: when, on what, and how loaded the machine was."""
-    load = os.getloadavg()[0]
-    return f"_Printed on {datetime.date.today().isoformat()} on {machine()}, load average {load:.2f} at the start._"
+def caption(load_before: float, load_after: float) -> str:
+    """The line written under an expensive transcript: when, on what, and how loaded the machine was (its times
+    and speeds mean something only on a machine that ran nothing else)."""
+    return (f"_Printed on {datetime.date.today().isoformat()} on {machine()}; load average {load_before:.2f} when the "
+            f"command started, {load_after:.2f} when it ended._")
 
 
 Key = tuple[str, bool, int]
 
 
-def rewrite(path: Path, fresh: dict[Key, list[str]], captioned: set[Key]) -> None:
+def rewrite(path: Path, fresh: dict[Key, list[str]], captions: dict[Key, str]) -> None:
     """Replace the blocks of one page with their fresh lines, last block first (the page is read again now, so
     edits made while the commands ran are kept)."""
     lines = path.read_text().split("\n")
@@ -459,10 +469,10 @@ def rewrite(path: Path, fresh: dict[Key, list[str]], captioned: set[Key]) -> Non
         if block.key not in fresh:
             continue
         after = lines[block.fence_end + 1:]
-        if block.key in captioned:
+        if block.key in captions:
             if after and CAPTION.match(after[0]):
                 after = after[1:]
-            after = [caption(), *after]
+            after = [captions[block.key], *after]
         opening = block.fence_end - len(block.body) - 1
         lines = lines[:opening + 1] + fresh[block.key] + ["```"] + after
     path.write_text("\n".join(lines))
@@ -485,17 +495,20 @@ def repository_copy(target: Path) -> Path:
     return target
 
 
-def expensive_outputs(blocks: list[Transcript]) -> Iterator[tuple[Transcript, list[str] | str]]:
+def expensive_outputs(blocks: list[Transcript]) -> Iterator[tuple[Transcript, list[str] | str, str]]:
     """Run every expensive block in order in one temporary copy of the repository, yielding each one's lines (or,
-    when its command failed, the reason: later blocks still run, and those that needed it fail in turn)."""
+    when its command failed, the reason: later blocks still run, and those that needed it fail in turn) and the
+    caption saying how loaded the machine was while it ran."""
     with tempfile.TemporaryDirectory(prefix="llama-lora-docs-") as folder:
         copy = repository_copy(Path(folder))
         for block in blocks:
             click.echo(f"running (expensive) {block.where}: {block.command}", err=True)
+            before = os.getloadavg()[0]
             try:
-                yield block, regenerate(block, copy)
+                lines: list[str] | str = regenerate(block, copy)
             except (DocError, subprocess.TimeoutExpired) as err:
-                yield block, str(err)
+                lines = str(err)
+            yield block, lines, caption(before, os.getloadavg()[0])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -529,22 +542,22 @@ def main(only: str | None, expensive: bool, check: bool, list_only: bool) -> Non
         if lines is not None:
             changed.append(f"{block.where}: `{block.command}` prints something else now")
             fresh.setdefault(block.path, {})[block.key] = lines
-    captioned: dict[Path, set[Key]] = {}
+    captions: dict[Path, dict[Key, str]] = {}
     if expensive and not check:
         chain = [block for block in blocks if block.expensive]
         if any(selected(block, only) for block in chain):
-            for block, lines in expensive_outputs(chain):
+            for block, lines, printed in expensive_outputs(chain):
                 if isinstance(lines, str):
                     problems.append(lines)
                 elif selected(block, only):
                     fresh.setdefault(block.path, {})[block.key] = lines
-                    captioned.setdefault(block.path, set()).add(block.key)
+                    captions.setdefault(block.path, {})[block.key] = printed
     for line in changed + problems:
         click.echo(line, err=True)
     if check:
         sys.exit(1 if changed or problems else 0)
     for path, blocks_of_page in fresh.items():
-        rewrite(path, blocks_of_page, captioned.get(path, set()))
+        rewrite(path, blocks_of_page, captions.get(path, {}))
         click.echo(f"rewrote {len(blocks_of_page)} block(s) in {shown(path)}", err=True)
     sys.exit(1 if problems else 0)
 

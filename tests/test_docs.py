@@ -63,11 +63,20 @@ def test_refreshing_a_page_replaces_only_the_marked_blocks_output(tmp_path):
     assert [(block.command, block.expensive, block.exit) for block in blocks] == [
         ("echo hello", False, 0), ("printf 'a\\nb\\nc\\n'; exit 3", True, 3)]
     fresh = {block.key: refresh.regenerate(block) for block in blocks}
-    refresh.rewrite(page, fresh, {blocks[1].key})
+    refresh.rewrite(page, fresh, {blocks[1].key: refresh.caption(0.5, 0.25)})
     text = page.read_text()
     assert "$ echo hello\nhello\n```\nAfter." in text and "stale" not in text
     assert "echo not a mark, only shown -->\n```text\n```" in text
-    assert re.search(r"\$ printf .*\n\.\.\.\nb\nc\n```\n_Printed on \d{4}-\d\d-\d\d on .*load average", text)
+    assert re.search(r"\$ printf .*\n\.\.\.\nb\nc\n```\n_Printed on \d{4}-\d\d-\d\d on .*; load average 0.50 "
+                     r"when the command started, 0.25 when it ended._\n", text)
+
+
+def test_a_progress_bar_shows_its_last_state_as_on_a_terminal():
+    printed = ("Loading weights:   0%|          | 0/272\rLoading weights: 100%|##########| 272/272\n"
+               "Loading weights:  48%|####      | 130/272\nLoading weights: 100%|##########| 272/272\n"
+               "\x1b[1mSaved\x1b[0m  \nWriting shards: 100%|#| 1/1\n")
+    assert refresh.clean(printed).split("\n") == [
+        "Loading weights: 100%|##########| 272/272", "Saved", "Writing shards: 100%|#| 1/1"]
 
 
 def test_a_command_that_ends_with_another_status_or_an_unknown_option_is_an_error(tmp_path):
