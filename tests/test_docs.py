@@ -229,6 +229,17 @@ def python_problems(args: list[str], where: str) -> list[str]:
             for problem in flag_problems((sys.executable, str(script.relative_to(REPO))), args[1:], where)]
 
 
+def shell_script_problems(args: list[str], where: str) -> list[str]:
+    """A `bash SCRIPT ...` command: the script exists, and its options and first word are cases it handles."""
+    script = REPO / args[0]
+    if not script.is_file():
+        return [f"{where}: no script {args[0]}"]
+    words = [arg for arg in args[1:] if arg.startswith("-")] + [arg for arg in args[1:2] if not arg.startswith("-")]
+    text = script.read_text()
+    return [f"{where}: {args[0]} handles no {word}" for word in words
+            if not re.search(rf"^\s*{re.escape(word)}\)", text, re.M)]
+
+
 def command_problems(where: str, command: str) -> list[str]:
     """What is wrong with one shown command line, as far as this machine can tell."""
     problems = []
@@ -236,10 +247,8 @@ def command_problems(where: str, command: str) -> list[str]:
         program, args = part[0], part[1:]
         if program in ("python", "python3") and args:
             problems += python_problems(args, where)
-        elif program == "bash" and args and args[0] == "setup.sh":
-            setup = (REPO / "setup.sh").read_text()
-            problems += [f"{where}: setup.sh has no option {arg}" for arg in args[1:]
-                         if arg.startswith("-") and not re.search(rf"^\s*{re.escape(arg)}\)", setup, re.M)]
+        elif program == "bash" and args:
+            problems += shell_script_problems(args, where)
         elif program == "accelerate" and args[:1] == ["launch"]:
             script = next((i for i, arg in enumerate(args) if arg.endswith(".py")), None)
             configs = [args[i + 1] for i, arg in enumerate(args[:script]) if arg == "--config_file"]
@@ -274,4 +283,7 @@ def test_a_misspelt_flag_or_script_in_a_shown_command_is_reported():
     assert command_problems("x", "python use_adapter.py swapp a b")
     assert command_problems("x", "python lora_peft_finetunning.py")
     assert command_problems("x", "huggingface-cli download meta-llama/Llama-3.1-8B-Instruct")
+    assert command_problems("x", "bash setup.sh --wheelhuose DIR")
+    assert command_problems("x", "bash benchmarks/gpu_check_device.sh instal")
     assert command_problems("x", "python use_adapter.py merge RUN OUT --dtype float32") == []
+    assert command_problems("x", "bash setup.sh --wheelhouse wheelhouse/") == []
