@@ -287,3 +287,15 @@ def test_a_misspelt_flag_or_script_in_a_shown_command_is_reported():
     assert command_problems("x", "bash benchmarks/gpu_check_device.sh instal")
     assert command_problems("x", "python use_adapter.py merge RUN OUT --dtype float32") == []
     assert command_problems("x", "bash setup.sh --wheelhouse wheelhouse/") == []
+
+
+def test_the_example_llama_config_is_the_architecture_the_benchmark_measured():
+    import json
+
+    example = json.loads((REPO / "docs/examples/llama-3.1-8b/config.json").read_text())
+    architecture = load_script("benchmarks/train_throughput.py").LLAMA31_8B
+    for key, value in architecture.items():
+        if key == "rope_scaling":  # transformers 5 writes it, with rope_theta, as rope_parameters
+            assert {**value, "rope_theta": architecture["rope_theta"]}.items() <= example["rope_parameters"].items()
+        elif key != "rope_theta":
+            assert example[key] == value, key
