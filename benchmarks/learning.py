@@ -39,7 +39,7 @@ SCRIPTS = {name: REPO / spec.script for name, spec in BACKENDS.items()}
 # The backends' quality agrees when their mean pass rates over seeds differ by at most this share of the prompts
 # on every style check (0.15 of 34 prompts is 5 answers), and their mean eval loss after training by at most
 # EVAL_LOSS_TOLERANCE. Both backends train the same tokens from the same seeded initialisation (their per-step
-# losses agree within 0.1%), so a larger gap means a backend computes something else.
+# losses agree within compare.PARITY_TOLERANCE), so a larger gap means a backend computes something else.
 STYLE_TOLERANCE = 0.15
 EVAL_LOSS_TOLERANCE = 0.05
 
