@@ -114,7 +114,7 @@ def test_figures_are_compared_at_the_precision_shown():
 
 # Programs the docs may show that this test cannot run here (not installed, or not ours); anything else unknown fails.
 EXTERNAL = {"ollama", "llama-cli", "tensorboard", "wandb", "mlflow", "trackio", "cd", "cat", "printf", "pip", "git",
-            "nvidia-smi", "sed", "head", "tail", "ls", "export", "grep"}
+            "nvidia-smi", "sed", "head", "tail", "ls", "export", "grep", "sbatch", "torchrun"}
 SEPARATORS = {"&&", "||", "|", ";"}
 PASSED_ON = {"compare_backends.py": "lora_peft_finetuning.py"}  # a script that hands unknown flags to another
 COMMAND_START = re.compile(r"^(python3? |bash setup\.sh|hf |accelerate launch |ollama |llama-cli )")
@@ -219,7 +219,9 @@ def python_problems(args: list[str], where: str) -> list[str]:
         return []
     if args[0] == "-m":
         module = args[1]
-        if module.startswith("llama_lora") and not (REPO / (module.replace(".", "/") + ".py")).is_file():
+        path = REPO / module.replace(".", "/")
+        if module.startswith("llama_lora") and not (path.with_suffix(".py").is_file()
+                                                    or (path / "__main__.py").is_file()):
             return [f"{where}: no module {module}"]
         return []
     scripts = sorted(REPO.glob(args[0])) if "*" in args[0] else [REPO / args[0]]
