@@ -31,7 +31,7 @@ from llama_lora.model.preflight import check_model, check_tokenizer_fits, oom_ad
 from llama_lora.options import tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
-from llama_lora.run import files, measure, run_folder, run_record
+from llama_lora.run import files, forgetting, measure, run_folder, run_record
 from llama_lora.run.plots import plot_loss
 from llama_lora.train import samples
 from llama_lora.train.preemption import EXIT_INTERRUPTED, GracefulStop, Interrupted
@@ -231,6 +231,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
     running = run_record.read(staging) if checkpoint else None
     eval_before = running.value("eval_loss.before") if running else (
         trainer.evaluate()["eval_loss"] if eval_rows else None)
+    general_text = forgetting.before(model, tokenizer, cfg.max_seq_length)  # the forgetting check's base figure
     if is_main:
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
                                                  eval_loss={"before": eval_before}))
@@ -240,6 +241,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         raise Interrupted(stop.stopped_at, stop.received)
     memory_after_training = measure.memory_snapshot()
     eval_after = _eval_after(trainer, step_log, cfg, bool(eval_rows))
+    forgotten = general_text.after(model)
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
     signalled = stop.after_training()  # then the samples wait: save what was trained within the grace period
@@ -278,6 +280,7 @@ def _load_train_measure(cfg: TrainConfig, backend: Backend, path: str, tokenizer
         batching=_batching_record(cfg, model, trainer),
         final_train_loss=step_log.history[-1]["loss"] if step_log.history else None,
         eval_loss={"before": eval_before, "after": eval_after, "during": step_log.evals},
+        forgetting=forgotten,
         samples=sampled[0] if sampled else None,
         **({"samples_skipped": "a signal arrived after the last step"} if signalled and cfg.samples else {}),
         early_stopping=_early_stopping_record(cfg, trainer, step_log),
@@ -354,6 +357,8 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     if ev.before is not None:
         print(f"  eval loss   {ev.before:.4f} -> {ev.after:.4f}")
     print(f"  train loss  {metrics.final_train_loss:.4f} after {metrics.steps} steps")
+    if metrics.forgetting:
+        print(f"  forgetting  {forgetting.summary(metrics.forgetting)}")
     scope = " (all processes)" if processes > 1 else ""
     print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "
           f"({metrics.runtime_s.train:.0f} s training)")
