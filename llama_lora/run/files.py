@@ -15,6 +15,8 @@ SAMPLES = "samples.md"  # base vs tuned answers to held-out prompts
 LOSS_PLOT = "loss_curve.png"  # train and eval loss
 CHECKPOINTS = "checkpoints"  # in the staging folder only: checkpoint-<step>/ for --resume
 FAILURE_CLAIM = ".failure-recorded"  # in the staging folder only: the first process of a launch to record a failure
+EVAL_JSON = "eval.json"  # written later by `use_adapter.py eval`: base vs tuned lm-eval scores, per task and metric
+EVAL_REPORT = "eval.md"  # the same as a table
 
 # what a completed run folder holds besides the tokenizer's own files (tokenizer.json, its config, template)
 COMPLETED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, CONFIG, METRICS, TRAIN_LOG, AUDIT, SAMPLES, LOSS_PLOT)
