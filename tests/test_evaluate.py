@@ -133,6 +133,13 @@ def test_a_task_file_that_is_not_a_task_is_refused(tmp_path):
         evaluate.task_spec(str(tmp_path / "list.yaml"))
 
 
+@pytest.mark.parametrize("text", ["group: mine\ntask: [a, b]\n", "include: base.yaml\ntask: variant\n",
+                                  "task: t\ndoc_to_text: !function utils.prompt\n"])
+def test_groups_includes_and_function_tags_are_left_for_lm_eval_to_read_from_the_file(tmp_path, text):
+    (tmp_path / "task.yaml").write_text(text)
+    assert evaluate.task_spec(str(tmp_path / "task.yaml")) == str(tmp_path / "task.yaml")
+
+
 def loglikelihoods(result: dict, task: str = "everyday_knowledge") -> list[float]:
     """Every choice's log-likelihood, question by question, as lm-eval logged them."""
     return [resp[0] for sample in result["samples"][task] for resp in sample["filtered_resps"]]

@@ -72,9 +72,11 @@ def task_spec(task: str) -> str | dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
-        return str(path)  # lm-eval's own YAML tags (!function, include): lm-eval reads it
+        return str(path)  # lm-eval's own YAML tags (!function): lm-eval reads the file itself
     except OSError as err:
         raise UsageError(f"--tasks {task}: cannot read it: {err}") from err
+    if isinstance(config, dict) and ("group" in config or "include" in config):
+        return str(path)  # a group, or a task built on another file: lm-eval resolves those from the file's place
     if not isinstance(config, dict) or "task" not in config:
         raise UsageError(f"--tasks {task}: expected an lm-eval task file (a mapping with a 'task' key)")
     return _with_local_data(config, path.parent)
@@ -86,14 +88,18 @@ def _with_local_data(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     data_files = (config.get("dataset_kwargs") or {}).get("data_files")
     if not data_files:
         return config
-    def located(name: str) -> str:
-        return str(folder / name) if not Path(name).is_absolute() and (folder / name).is_file() else name
     if isinstance(data_files, dict):
-        resolved: Any = {split: ([located(f) for f in names] if isinstance(names, list) else located(names))
-                         for split, names in data_files.items()}
+        resolved: Any = {split: _located(names, folder) for split, names in data_files.items()}
     else:
-        resolved = [located(f) for f in data_files] if isinstance(data_files, list) else located(data_files)
+        resolved = _located(data_files, folder)
     return {**config, "dataset_kwargs": {**config["dataset_kwargs"], "data_files": resolved}}
+
+
+def _located(names: str | list[str], folder: Path) -> str | list[str]:
+    """A data file name (or list of them) with each relative one that exists in `folder` made a full path."""
+    if isinstance(names, list):
+        return [str(_located(name, folder)) for name in names]
+    return str(folder / names) if not Path(names).is_absolute() and (folder / names).is_file() else names
 
 
 def load_tasks(tasks: tuple[str, ...], num_fewshot: int | None = None) -> list[Any]:
@@ -125,6 +131,7 @@ def load_tasks(tasks: tuple[str, ...], num_fewshot: int | None = None) -> list[A
 
 
 def bundled_names() -> list[str]:
+    """The bundled tasks' names."""
     return sorted(path.stem for path in BUNDLED_TASKS.glob("*.yaml"))
 
 
