@@ -58,8 +58,9 @@ def loadavg() -> list[float]:
 def forgetting_cost(run: Path) -> dict[str, Any]:
     """The run's forgetting check (as metrics.json holds it) and the run's own times."""
     record = run_record.read(run)
-    if record.forgetting is None or record.forgetting.seconds is None:
-        raise click.UsageError(f"{run / files.METRICS}: no forgetting check recorded (a run from an older version)")
+    if record is None or record.forgetting is None or record.forgetting.seconds is None or record.runtime_s is None:
+        raise click.UsageError(f"{run / files.METRICS}: no forgetting check recorded (not a finished run of this "
+                               "version)")
     return {"model": record.model.name if record.model else None, "backend": record.backend, "steps": record.steps,
             "forgetting": record.forgetting.model_dump(), "runtime_s": record.runtime_s.model_dump()}
 
