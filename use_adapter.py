@@ -6,6 +6,7 @@
     python use_adapter.py swap llama-3.1-lora-finetuned/peft llama-3.1-lora-finetuned/unsloth -p "Why?"
     python use_adapter.py check llama-3.1-lora-finetuned/unsloth --unsloth
     python use_adapter.py gguf llama-3.1-lora-finetuned/peft --out gguf/      # llama.cpp / Ollama files
+    python use_adapter.py eval llama-3.1-lora-finetuned/peft --tasks everyday_knowledge   # lm-eval, base vs tuned
 
 Every command takes a run folder of either backend. Models load with plain transformers + PEFT (never Unsloth,
 which patches libraries on import; `check --unsloth` runs Unsloth's loader in a process of its own).
@@ -45,7 +46,7 @@ def usage_errors() -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
-    """Use a trained adapter (a run folder of either backend): generate, chat, merge, swap, check, gguf."""
+    """Use a trained adapter (a run folder of either backend): generate, chat, merge, swap, check, gguf, eval."""
     quiet.install()  # before the subcommand imports transformers
 
 
@@ -278,6 +279,45 @@ def unsloth_logits(run: Path, dtype: str, trust_remote_code: bool = False) -> li
             raise click.ClickException(f"Unsloth could not load {run}:\n{result.stderr[-2000:]}")
         tensors = load_file(str(out))
     return [tensors[f"prompt_{i}"] for i in range(len(tensors))]
+
+
+@cli.command(name="eval")
+@RUN
+@click.option("--tasks", default="everyday_knowledge", show_default=True,
+              help="Comma-separated lm-eval task names (mmlu, hellaswag, ...; their data comes from the hub or the "
+                   "datasets cache) or task YAML files; the bundled everyday_knowledge runs offline.")
+@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="Examples shown before each question "
+              "(default: each task's own).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Score only the first N examples of each task: quicker, with larger standard errors.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="lm-eval's seeds (few-shot sampling), the same for both.")
+@click.option("--chat-template", is_flag=True, help="Wrap each question in the run's chat template.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Compute dtype (default: the run's).")
+@BASE
+def eval_command(run: Path, tasks: str, num_fewshot: int | None, limit: int | None, batch_size: int, seed: int,
+                 chat_template: bool, dtype: str | None, base_model: str | None) -> None:
+    """Score the run's model with and without its adapter through lm-evaluation-harness; eval.md / eval.json.
+
+    Same model load, tasks, settings and seeds for both passes; the report gives each task's change and its
+    standard error. Task data loads before the model, so a bad task name fails fast.
+    """
+    from llama_lora.use import evaluate, inference
+
+    with usage_errors():
+        info = inference.read_run(run, base_model)
+        settings = evaluate.Settings(evaluate.parse_tasks(tasks), num_fewshot, limit, batch_size, seed, chat_template)
+        loaded = evaluate.load_tasks(settings.tasks, num_fewshot)
+    model, tokenizer = inference.load_tuned(info, dtype=dtype)
+    base, tuned, seconds = evaluate.base_and_tuned(model, tokenizer, loaded, settings, click.echo)
+    record = evaluate.build_record(run, info, settings, base, tuned, seconds)
+    written = evaluate.write_report(run, record)
+    click.echo("")
+    for row in record["rows"]:
+        stderr = f" ± {row['delta_stderr']:.4f}" if row["delta_stderr"] is not None else ""
+        click.echo(f"  {row['task']} {row['metric']}: {row['base']:.4f} -> {row['tuned']:.4f} "
+                   f"({row['delta']:+.4f}{stderr}): {row['reading']}")
+    click.echo(f"Report: {written[1]} (and {written[0].name})")
 
 
 # GGUF export for llama.cpp / Ollama works from files alone; its command lives beside its logic

@@ -22,6 +22,11 @@ KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
     # package and falls back to its own; the fallback is what runs (and the hub is not reachable offline anyway).
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
      "optional hub kernel"),
+    # `use_adapter.py eval` hands lm-eval the run's loaded model (base + adapter) instead of a name, which is how it
+    # scores the same weights with the adapter on and off; lm-eval warns about that way of calling it, twice.
+    ("lm_eval.models.huggingface", "`pretrained` model kwarg is not of type `str`", "lm-eval given a loaded model"),
+    ("lm_eval.models.huggingface", "Passed an already-initialized model through `pretrained`",
+     "lm-eval given a loaded model"),
 )
 
 

@@ -55,17 +55,15 @@ def llama3_tokenizer():
     return AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path: Path) -> Path:
-    """A folder with 16 training and 4 eval dialogues in the bundled data's shape."""
+def write_tiny_dataset(folder: Path) -> Path:
+    """16 training and 4 eval dialogues in the bundled data's shape, as train.jsonl and eval.jsonl in `folder`."""
     rows = [
         dialogue(f"What is {a} times 3?",
                  f"Multiplying by 3 means adding three copies.\n1. {a} + {a} = {2 * a}.\n"
                  f"2. {2 * a} + {a} = {3 * a}.\nQuick check: What is {a + 1} times 3?")
         for a in range(2, 22)
     ]
-    folder = tmp_path / "tiny"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     write_jsonl(folder / "train.jsonl", rows[4:])
     write_jsonl(folder / "eval.jsonl", rows[:4])
     return folder
@@ -92,3 +90,33 @@ def tmpfs(tmp_path):
     yield mount
     for folder in mounted:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A folder with 16 training and 4 eval dialogues in the bundled data's shape."""
+    return write_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, smollm2_path) -> Path:
+    """A real run folder: the PEFT script trains the embedded model 2 steps on the tiny dialogues (batch 2, learning
+    rate 1e-3 from the first step, no samples). For tests that need a trained adapter, not a well-trained one;
+    about 1 minute on 2 cores, once per session. In float32: two steps move the model by less than bfloat16's
+    rounding (bf16 training runs the forward under autocast, a reloaded adapter does not), and the tests compare
+    figures recomputed from the folder with those the run recorded."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    root = tmp_path_factory.mktemp("trained")
+    command = [sys.executable, "lora_peft_finetuning.py", "--dataset", str(write_tiny_dataset(root / "data")),
+               "--output-dir", str(root / "run"), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1",
+               "--learning-rate", "1e-3", "--warmup-ratio", "0", "--r", "8", "--samples", "0", "--dtype", "float32"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (root / "run.out").write_text(result.stdout)  # the run's summary, for the tests that read it
+    return root / "run"

@@ -15,7 +15,7 @@ from typing import Any
 from llama_lora.atomic_files import replaced, write_json, write_text
 from llama_lora.errors import UsageError
 from llama_lora.options.config import CONFIG_FIELDS, computes, flag, recorded_path
-from llama_lora.run import files, run_record
+from llama_lora.run import files, forgetting, run_record
 from llama_lora.run.run_record import RunRecord
 
 # Loss parity tolerance on the relative difference of per-step train losses, |B - A| / A, over shared steps, per
@@ -126,6 +126,8 @@ REPORT_ROWS: list[tuple[str, str | Callable[[ComparedRun], Any], str, str]] = [
     ("final train loss", "final_train_loss", "", "lower"),
     ("eval loss before", "eval_loss.before", "", "lower"),
     ("eval loss after", "eval_loss.after", "", "lower"),
+    ("general-text loss before", "forgetting.before", "", "lower"),
+    ("general-text loss after", "forgetting.after", "", "lower"),
     ("trainable parameters", "parameters.trainable", "", "equal"),
     ("adapter size on disk", adapter_mb, "MB", "equal"),
 ]
@@ -185,8 +187,14 @@ def compare(a: ComparedRun, b: ComparedRun, force: bool = False) -> dict[str, An
         "mismatches": mismatches,
         "rows": rows,
         "loss_parity": loss_parity(a, b),
+        "forgetting": {"a": _forgetting_line(a), "b": _forgetting_line(b)},
         "verdict": _verdict(a, b, rows, fair or force, forced=force and not fair),
     }
+
+
+def _forgetting_line(run: ComparedRun) -> str | None:
+    """The run's forgetting check in one line (None for a record written before runs made it)."""
+    return forgetting.summary(run.metrics.forgetting) if run.metrics.forgetting else None
 
 
 def _verdict(a: ComparedRun, b: ComparedRun, rows: list[dict[str, Any]], allowed: bool, forced: bool) -> str:
@@ -250,6 +258,11 @@ def to_markdown(record: dict[str, Any]) -> str:
             f"{100 * tol['mean']:g}% mean / {100 * tol['max']:g}% max ({parity['precision']}).")
     else:
         lines.append("**Loss parity:** no shared logged steps.")
+    checks = record.get("forgetting") or {}
+    if any(checks.values()):
+        lines += ["", "**Forgetting check** (cross-entropy on the bundled general-text sample, before -> after "
+                  "training):", ""]
+        lines += [f"- {record[side]['label']}: {checks[side] or 'not measured'}" for side in ("a", "b")]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,8 @@ FAILURE_CLAIM = ".failure-recorded"  # in the staging folder only: the first pro
 STAGING_SUFFIX = ".partial"  # beside the run folder: .<name>.partial/, the run until it completes
 LOCK_SUFFIX = ".lock"  # beside the run folder: .<name>.lock, locked by the run writing it (run/run_lock.py)
 OWNER_STAMP = ".llama-lora.json"  # written first into every folder this tool makes: what it is (run/owned.py)
+EVAL_JSON = "eval.json"  # written later by `use_adapter.py eval`: base vs tuned lm-eval scores, per task and metric
+EVAL_REPORT = "eval.md"  # the same as a table
 
 # what a completed run folder holds besides the tokenizer's own files (tokenizer.json, its config, template)
 COMPLETED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, CONFIG, METRICS, TRAIN_LOG, AUDIT, SAMPLES, LOSS_PLOT,

@@ -90,6 +90,18 @@ class EvalLoss(_Part):
     during: list[dict[str, Any]] | None = None  # {step, eval_loss, seconds} every --eval-steps
 
 
+class Forgetting(_Part):
+    """Cross-entropy on the bundled general-text sample before and after training (llama_lora/run/forgetting.py)."""
+
+    sample: str | None = None  # the sample file, relative to the repository
+    tokens: int | None = None  # predicted tokens scored each way
+    before: float | None = None  # nats per token, the model before training
+    after: float | None = None  # the same, the adapter being saved
+    perplexity_change: float | None = None  # exp(after - before) - 1
+    reading: str | None = None  # one line on what the change means
+    seconds: float | None = None  # both measurements together
+
+
 class RunRecord(_Part):
     """Everything metrics.json holds. A running or failed record has only some of it."""
 
@@ -114,6 +126,7 @@ class RunRecord(_Part):
     batching: dict[str, Any] | None = None  # --batching: mode, attention path, padding share (pipeline._batching_record)
     final_train_loss: float | None = None
     eval_loss: EvalLoss | None = None
+    forgetting: Forgetting | None = None
     samples: dict[str, Any] | None = None  # samples.py's figures
     samples_skipped: str | None = None  # why no samples were written although --samples asked for them
     early_stopping: dict[str, Any] | None = None

@@ -42,7 +42,7 @@ from llama_lora.model.preflight import check_model, check_tokenizer_fits
 from llama_lora.options import remote_code, tracking
 from llama_lora.options.batching import padding_preview
 from llama_lora.options.config import EMBEDDED_MODEL, RunOptions, TrainConfig, save_yaml, to_record, with_eval_steps
-from llama_lora.run import checkpoints, files, measure, owned, run_folder, run_lock, run_record
+from llama_lora.run import checkpoints, files, forgetting, measure, owned, run_folder, run_lock, run_record
 from llama_lora.run.plots import plot_loss
 from llama_lora.train import outcome, samples
 from llama_lora.train.preemption import (
@@ -128,6 +128,7 @@ class Trained:
     memory_after_load: dict[str, Any]
     memory_after_training: dict[str, Any]
     eval_before: float | None
+    general_text: forgetting.Check  # the forgetting check's figure before training
     resume_step: int
     tokens_before: int
 
@@ -288,6 +289,7 @@ def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop
     with stop.aborting(model, BEFORE_TRAINING, "evaluating the model before training", checkpoint):
         eval_before = running.value("eval_loss.before") if running else (
             trainer.evaluate()["eval_loss"] if eval_rows else None)
+        general_text = forgetting.before(model, data.tokenizer, cfg.max_seq_length)  # a new LoRA adds nothing yet
     if is_main:
         run_record.write(staging, run_record.new("running", backend=backend.name, config=to_record(cfg),
                                                  eval_loss={"before": eval_before}))
@@ -296,7 +298,7 @@ def train(data: PreparedData, backend: Backend, run: OpenRun, stop: GracefulStop
     if stop.stopped_at is not None:
         raise Interrupted(stop.stopped_at, stop.received, _checkpoint_of(run, stop.stopped_at))
     return Trained(model, trainer, result, step_log, stop, load_s, memory_after_load, measure.memory_snapshot(),
-                   eval_before, resume_step, tokens_before)
+                   eval_before, general_text, resume_step, tokens_before)
 
 
 def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained) -> run_record.RunRecord:
@@ -308,6 +310,7 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
     stop, last = trained.stop, _checkpoint_of(run, trainer.state.global_step)  # the last step is checkpointed
     with stop.aborting(model, AFTER_TRAINING, "evaluating the trained adapter", last):
         eval_after = _eval_after(trainer, trained.step_log, cfg, bool(eval_rows))
+        forgotten = trained.general_text.after(model)
     # base (adapter disabled) vs tuned answers to held-out prompts -> samples.md; both after training, so a
     # resumed run samples the same way. Every process generates (under FSDP generation is collective); one writes.
     with stop.aborting(model, AFTER_TRAINING, "answering the sample prompts", last):
@@ -349,6 +352,7 @@ def record(data: PreparedData, backend: Backend, run: OpenRun, trained: Trained)
         batching=_batching_record(cfg, model, trainer),
         final_train_loss=trained.step_log.history[-1]["loss"] if trained.step_log.history else None,
         eval_loss={"before": trained.eval_before, "after": eval_after, "during": trained.step_log.evals},
+        forgetting=forgotten,
         samples=sampled[0] if sampled else None,
         early_stopping=_early_stopping_record(cfg, trainer, trained.step_log),
         loss_history=trained.step_log.history,
@@ -463,6 +467,8 @@ def _print_summary(metrics: run_record.RunRecord, output_dir: Path) -> None:
     if ev.before is not None:
         print(f"  eval loss   {ev.before:.4f} -> {ev.after:.4f}")
     print(f"  train loss  {metrics.final_train_loss:.4f} after {metrics.steps} steps")
+    if metrics.forgetting:
+        print(f"  forgetting  {forgetting.summary(metrics.forgetting)}")
     scope = " (all processes)" if processes > 1 else ""
     if metrics.tokens.per_second is not None:
         print(f"  speed       {metrics.tokens.per_second:.0f} non-padding tokens/s{scope} "

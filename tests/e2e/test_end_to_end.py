@@ -53,6 +53,7 @@ def runs(tmp_path_factory, smollm2_path) -> dict[str, Path]:
                             timeout=1800, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Fairness check: passed" in result.stdout and "Loss parity: consistent" in result.stdout
+    (root / "output.txt").write_text(result.stdout)  # both runs' summaries and the comparison, as the user saw them
     return {backend: root / backend for backend in SCRIPTS}
 
 
@@ -93,6 +94,20 @@ def test_metrics_record_the_run_with_sane_values(runs, backend):
     assert 0 <= batching["padding_share"] < 0.5
     assert audit["batching"]["mode"] == "padded" and audit["batching"]["batch_size"] == 2
     assert 0 <= audit["batching"]["expected_padding_share"] < 0.5
+
+
+@pytest.mark.parametrize("backend", SCRIPTS)
+def test_every_run_records_and_prints_its_forgetting_check(runs, backend):
+    from llama_lora.run import forgetting
+
+    check = read_metrics(runs[backend])["forgetting"]
+    assert check["sample"] == "data/general_text/botchan.txt" and check["tokens"] > 500 and check["seconds"] > 0
+    assert 1 < check["before"] < 10 and 1 < check["after"] < 10 and check["after"] != check["before"]
+    assert check["perplexity_change"] == pytest.approx(math.exp(check["after"] - check["before"]) - 1, abs=2e-5)
+    assert check["reading"] == forgetting.reading(check["before"], check["after"])
+    # in the run's summary and in the comparison report, one line each
+    assert f"  forgetting  {forgetting.summary(check)}" in (runs[backend].parent / "output.txt").read_text()
+    assert forgetting.summary(check) in (runs[backend].parent / "comparison.md").read_text()
 
 
 @pytest.mark.parametrize("backend", SCRIPTS)
