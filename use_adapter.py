@@ -295,8 +295,9 @@ def unsloth_logits(run: Path, dtype: str, trust_remote_code: bool = False) -> li
 @click.option("--chat-template", is_flag=True, help="Wrap each question in the run's chat template.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Compute dtype (default: the run's).")
 @BASE
+@remote_code.option
 def eval_command(run: Path, tasks: str, num_fewshot: int | None, limit: int | None, batch_size: int, seed: int,
-                 chat_template: bool, dtype: str | None, base_model: str | None) -> None:
+                 chat_template: bool, dtype: str | None, base_model: str | None, trust_remote_code: bool) -> None:
     """Score the run's model with and without its adapter through lm-evaluation-harness; eval.md / eval.json.
 
     Same model load, tasks, settings and seeds for both passes; the report gives each task's change and its
@@ -305,7 +306,7 @@ def eval_command(run: Path, tasks: str, num_fewshot: int | None, limit: int | No
     from llama_lora.use import evaluate, inference
 
     with usage_errors():
-        info = inference.read_run(run, base_model)
+        info = inference.read_run(run, base_model, trust_remote_code)
         settings = evaluate.Settings(evaluate.parse_tasks(tasks), num_fewshot, limit, batch_size, seed, chat_template)
         loaded = evaluate.load_tasks(settings.tasks, num_fewshot)
     model, tokenizer = inference.load_tuned(info, dtype=dtype)

@@ -77,3 +77,27 @@ def test_the_check_sees_an_upward_import(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "llama_lora")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     assert upward_imports() == ["llama_lora/data/sources.py:1 imports llama_lora.train.pipeline"]
+
+
+def folder_map(readme: str) -> list[str]:
+    """The paths the README's folder map names under llama_lora/, from its indentation (two spaces a level)."""
+    block = readme.split("## Folder map", 1)[1].split("```", 2)[1]
+    paths, parents = [], []
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        depth = (len(line) - len(line.lstrip())) // 2
+        if not name or (depth == 0 and name != "llama_lora/"):
+            continue
+        parents[depth:] = [name]
+        paths.append("".join(parents))
+    return paths
+
+
+def test_the_readme_folder_map_names_every_module_of_the_package_and_nothing_else():
+    named = set(folder_map((REPO / "README.md").read_text()))
+    modules = {str(path.relative_to(REPO)) for path in (REPO / "llama_lora").rglob("*.py")
+               if path.name not in ("__init__.py", "__main__.py")}
+    folders = {str(path.relative_to(REPO)) + "/" for path in (REPO / "llama_lora").rglob("*")
+               if path.is_dir() and path.name != "__pycache__"}
+    assert {path for path in named if path.endswith(".py")} == modules
+    assert {path for path in named if path.endswith("/")} == folders | {"llama_lora/"}

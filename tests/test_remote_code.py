@@ -190,11 +190,16 @@ def commands(run: Path, out: Path) -> dict[str, list[str]]:
         "swap": ["swap", str(run), "--max-new-tokens", "2"],
         "check": ["check", str(run)],
         "gguf": ["gguf", str(run), "--out", str(out / "gguf"), "--types", "f16"],
+        "eval": ["eval", str(run), "--limit", "2", "--batch-size", "2"],
     }
 
 
 COMMANDS = list(commands(Path("run"), Path("out")))
 TAKES_THE_FLAG = [name for name in COMMANDS if name != "gguf"]  # gguf writes files only and never runs model code
+
+
+def test_every_use_adapter_command_is_checked_here():
+    assert set(COMMANDS) == set(use_adapter.cli.commands)
 
 
 def invoke(args: list[str]):
