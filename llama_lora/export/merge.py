@@ -56,7 +56,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
     prompts = prompt_batch(tokenizer)
     reference = logits(tuned, prompts)
     del tuned
-    _free()
+    free_memory()
 
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -65,14 +65,14 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
         model.save_pretrained(staging)  # safetensors by default in transformers 5
         AutoTokenizer.from_pretrained(info.folder).save_pretrained(staging)  # with chat_template.jinja
         del model
-        _free()
+        free_memory()
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=getattr(torch, dtype),
                                                         device_map={"": device()}, use_safetensors=True)
         report = {"run": str(info.folder), "base": info.base, "dtype": dtype, "from_4bit": info.load_in_4bit,
                   "compared_with": f"base ({'NF4' if info.load_in_4bit else dtype}) + adapter in {dtype}",
                   "prompts": len(prompts), **compare_logits(reference, logits(reloaded.eval(), prompts))}
         del reloaded
-        _free()
+        free_memory()
         write_json(staging / REPORT, report)
         replace_folder(out, staging)
     finally:
@@ -80,7 +80,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
     return report
 
 
-def _free() -> None:
+def free_memory() -> None:
     """Release a dropped model's memory before the next one loads (two 8B models need not fit at once)."""
     gc.collect()
     if torch.cuda.is_available():

@@ -13,6 +13,8 @@ TRAIN_LOG = "train_log.jsonl"  # one line per logged optimizer step
 AUDIT = "audit.json"  # the data audit
 SAMPLES = "samples.md"  # base vs tuned answers to held-out prompts
 LOSS_PLOT = "loss_curve.png"  # train and eval loss
+VERIFY_REPORT = "verify.md"  # use_adapter.py verify: each export against the adapter, greedy answers side by side
+VERIFY_RECORD = "verify.json"  # the same figures, verdicts and tolerances as data
 CHECKPOINTS = "checkpoints"  # in the staging folder only: checkpoint-<step>/ for --resume
 FAILURE_CLAIM = ".failure-recorded"  # in the staging folder only: the first process of a launch to record a failure
 
