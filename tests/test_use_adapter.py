@@ -14,29 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import load_script
+from helpers import load_script, make_run
 
 use_adapter = load_script("use_adapter.py")
-
-
-def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object) -> Path:
-    """A run folder as a training script leaves it, with a random (untrained) adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llama_lora.options.config import Machine, TrainConfig, resolve, save_yaml
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False, **lora)
-    get_peft_model(base, config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
-    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32"), "peft", Machine(cuda=False))
-    save_yaml(cfg, folder / "config.yaml")
-    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
-        "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
-    return folder
 
 
 @pytest.fixture(scope="module")

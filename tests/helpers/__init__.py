@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 
 def load_script(relative: str):
@@ -62,3 +63,26 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def dialogue(question: str, answer: str) -> dict:
     return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
+
+
+def make_run(folder: Path, base_path: str, seed: int, r: int = 8, dataset: str | None = None, **lora: object) -> Path:
+    """A run folder as a training script leaves it (adapter, tokenizer, config.yaml, metrics.json), with a random
+    (untrained) adapter on `base_path`; `dataset` replaces the recorded default (the bundled data)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_lora.options.config import Machine, TrainConfig, resolve, save_yaml
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False, **lora)
+    get_peft_model(base, config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32", **({"dataset": dataset} if dataset else {})),
+                  "peft", Machine(cuda=False))
+    save_yaml(cfg, folder / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
+        "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
+    return folder
