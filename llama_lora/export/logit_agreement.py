@@ -14,6 +14,7 @@ Four figures over every compared position of every prompt:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,13 +73,21 @@ class Verdict:
     failures: list[str] = field(default_factory=list)  # each broken limit, with the figure and the limit
 
 
+def _top1_within(agreement: float, positions: int, limit: float) -> bool:
+    """Whether the positions that disagree are no more than the limit allows, rounded up to a whole position: over a
+    few dozen positions the share moves in steps of 1/positions, and one near-tie flipped by rounding must not fail
+    an export that the limit, measured over thousands of positions, would pass."""
+    allowed = math.ceil(round((1 - limit) * positions, 9))
+    return (1 - agreement) * positions <= allowed + 1e-9
+
+
 def judge(figures: dict[str, float], tolerance: Tolerance) -> Verdict:
     """Pass when every figure is within the precision's tolerance; each failure names the figure and its limit."""
     failures = []
     if not figures["mean_rel_diff"] <= tolerance.mean_rel_diff:
         failures.append(f"mean |logit difference| is {figures['mean_rel_diff']:.2%} of the mean |logit|, "
                         f"above the {tolerance.mean_rel_diff:.2%} allowed at {tolerance.precision}")
-    if not figures["top1_agreement"] >= tolerance.top1_agreement:
+    if not _top1_within(figures["top1_agreement"], int(figures["positions"]), tolerance.top1_agreement):
         failures.append(f"top-1 agreement {figures['top1_agreement']:.1%} is below the "
                         f"{tolerance.top1_agreement:.1%} required at {tolerance.precision}")
     if not abs(figures["effect_kept"] - 1) <= tolerance.effect_kept:
