@@ -42,5 +42,9 @@ fi
 # pip cannot mark single lines of a requirements file --no-deps, hence a second file (reasons inside it).
 "$PYTHON" -m pip install "${SOURCE[@]}" --no-deps -r requirements-nodeps.txt
 if [[ "$DEV" == 1 ]]; then
-    "$PYTHON" -m pip install "${SOURCE[@]}" -r requirements-dev.txt
+    # Test dependencies that take long to build from source (llama-cpp-python) come prebuilt from ../shared/wheels
+    # when that folder exists; elsewhere pip builds the same pinned version from the package index.
+    WHEELS=()
+    if [[ -d ../shared/wheels ]]; then WHEELS=(--find-links ../shared/wheels); fi
+    "$PYTHON" -m pip install "${SOURCE[@]}" "${WHEELS[@]}" -r requirements-dev.txt
 fi

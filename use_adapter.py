@@ -6,6 +6,7 @@
     python use_adapter.py swap llama-3.1-lora-finetuned/peft llama-3.1-lora-finetuned/unsloth -p "Why?"
     python use_adapter.py check llama-3.1-lora-finetuned/unsloth --unsloth
     python use_adapter.py gguf llama-3.1-lora-finetuned/peft --out gguf/      # llama.cpp / Ollama files
+    python use_adapter.py verify llama-3.1-lora-finetuned/peft --gguf gguf/   # every export against the adapter
     python use_adapter.py eval llama-3.1-lora-finetuned/peft --tasks everyday_knowledge   # lm-eval, base vs tuned
 
 Every command takes a run folder of either backend. Models load with plain transformers + PEFT (never Unsloth,
@@ -46,7 +47,8 @@ def usage_errors() -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli() -> None:
-    """Use a trained adapter (a run folder of either backend): generate, chat, merge, swap, check, gguf, eval."""
+    """Use a trained adapter (a run folder of either backend): generate, chat, merge, swap, check, gguf, verify,
+    eval."""
     quiet.install()  # before the subcommand imports transformers
 
 
@@ -279,6 +281,46 @@ def unsloth_logits(run: Path, dtype: str, trust_remote_code: bool = False) -> li
             raise click.ClickException(f"Unsloth could not load {run}:\n{result.stderr[-2000:]}")
         tensors = load_file(str(out))
     return [tensors[f"prompt_{i}"] for i in range(len(tensors))]
+
+
+@cli.command()
+@RUN
+@click.option("--gguf", "gguf_folders", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder `gguf` wrote (from the run, or from a merged model); repeat for both.")
+@click.option("--merged", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The folder `merge` wrote.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path),
+              help="Compare on these prompts (as generate's --prompts-file) instead of the run's eval split.")
+@click.option("--count", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Held-out prompts taken from the eval split, spread over it.")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Length of the greedy continuations shown side by side.")
+@click.option("--targets", "target_names", default=None,
+              help="Comma-separated targets to check (default: every default target, plus any found in the folders "
+                   "given); see docs/using-adapters.md for the list.")
+@BASE
+@remote_code.option
+def verify(run: Path, gguf_folders: tuple[Path, ...], merged: Path | None, prompts_file: Path | None, count: int,
+           max_new_tokens: int, target_names: str | None, base_model: str | None, trust_remote_code: bool) -> None:
+    """Check each export of RUN against the adapter itself: merged model, GGUF + LoRA, merged GGUF f16/q8_0/q4_k_m in
+    llama.cpp, and the Ollama Modelfile's template. Exports not given are built in a temporary folder.
+
+    Writes verify.md and verify.json into RUN; exits 1 when a target fails.
+    """
+    from llama_lora.export import targets, verify_report
+    from llama_lora.export.verify import verify as check_exports
+    from llama_lora.run import files
+    from llama_lora.use import inference
+
+    given = targets.Given(merged, gguf_folders)
+    with usage_errors():
+        info = inference.read_run(run, base_model, trust_remote_code)
+        chosen = targets.chosen(target_names, given)
+        result = check_exports(info, chosen, given, prompts_file, count, max_new_tokens, say=click.echo)
+    verify_report.write(run, result)
+    click.echo(f"{'PASSED' if result.passed else 'FAILED'}: report in {run / files.VERIFY_REPORT}")
+    if not result.passed:
+        sys.exit(1)
 
 
 @cli.command(name="eval")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import dialogue, hide_gpus_and_hub, machine_has_gpu, write_jsonl
+from helpers import TOKENIZER_FILES, dialogue, hide_gpus_and_hub, machine_has_gpu, write_jsonl
 
 hide_gpus_and_hub()  # at import, before any test imports torch: tests run the CPU path on every machine
 
@@ -53,6 +53,26 @@ def llama3_tokenizer():
     from llama_lora.model.llama3_tokenizer import llama31_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(llama31_tokenizer_dir())
+
+
+@pytest.fixture(scope="session")
+def smollm2_2layers(tmp_path_factory, smollm2_path) -> Path:
+    """The embedded SmolLM2 cut to its first two layers: real weights and tokenizer, exported in seconds."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source, folder = Path(smollm2_path), tmp_path_factory.mktemp("smollm2-2layers")
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(source / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, folder / name)
+    return folder
 
 
 def write_tiny_dataset(folder: Path) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -17,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TOKENIZER_FILES
 
-from llama_lora.export import gguf_writer
+from llama_lora.export import gguf_writer, ollama_template
 from llama_lora.export.gguf import export_gguf
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -43,23 +42,6 @@ def hf_weights(folder: Path) -> dict[str, np.ndarray]:
     from safetensors.torch import load_file
 
     return {k: v.float().numpy() for k, v in load_file(folder / "model.safetensors").items()}
-
-
-@pytest.fixture(scope="module")
-def smollm2_2layers(tmp_path_factory, smollm2_path) -> Path:
-    """The embedded SmolLM2 cut to its first two layers: real weights and tokenizer, exported in seconds."""
-    from safetensors.torch import load_file, save_file
-
-    source, folder = Path(smollm2_path), tmp_path_factory.mktemp("smollm2-2layers")
-    config = json.loads((source / "config.json").read_text())
-    config["num_hidden_layers"] = 2
-    (folder / "config.json").write_text(json.dumps(config))
-    weights = load_file(source / "model.safetensors")
-    kept = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
-    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
-    for name in TOKENIZER_FILES:
-        shutil.copy(source / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +177,73 @@ def test_llama31_architecture_gets_rope_factors_untied_output_and_llama3_tokeniz
     assert types[eot] == gguf.TokenType.CONTROL and types[1000] == gguf.TokenType.NORMAL
 
 
+# --- k-quants through llama.cpp's quantizer ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama31_shaped(tmp_path_factory, smollm2_path) -> Path:
+    """Llama 3.1's architecture at a small size with random weights: every row 256 or 768 wide, so each weight can take
+    a k-quant (SmolLM2's tokenizer keeps the vocabulary, and so the test, small)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152, max_position_embeddings=131072, rope_parameters=rope,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llama31-shaped")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(Path(smollm2_path) / name, folder / name)
+    return folder
+
+
+def test_q4_k_m_of_a_llama31_shaped_model_stores_every_weight_as_a_k_quant_and_answers(llama31_shaped, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llama_lora.export.gguf_runtime import GgufModel
+    from llama_lora.export.logit_agreement import Agreement
+    from llama_lora.export.tolerances import TOLERANCES
+
+    result = run_command(llama31_shaped, "--out", tmp_path / "out", "--types", "q4_k_m", "--name", "Shaped")
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp stored" not in result.output  # nothing fell back
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Modelfile", "Shaped-27M-Q4_K_M.gguf"]  # 2 x 12.6M embeddings
+    path = tmp_path / "out" / "Shaped-27M-Q4_K_M.gguf"
+    assert fields(path)["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    stored = {t.name: t.tensor_type.name for t in reader(path).tensors}
+    assert {kind for name, kind in stored.items() if not name.endswith("norm.weight")} - {"F32"} <= {"Q4_K", "Q6_K"}
+    assert stored["blk.0.attn_q.weight"] == "Q4_K" and stored["output.weight"] == "Q6_K"
+
+    ids = [1, 504, 3458, 314, 253, 1345, 30, 2]
+    model = GgufModel(path)
+    answer = model.greedy(ids, 6, stops=[])
+    assert len(answer) == 6 and all(0 <= token < 49152 for token in answer)
+    reference = AutoModelForCausalLM.from_pretrained(llama31_shaped, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor([ids])).logits[0].numpy()
+    agreement = Agreement()
+    agreement.add(model.logits(ids), expected, expected)
+    assert agreement.figures()["mean_rel_diff"] <= TOLERANCES["q4_k_m"].mean_rel_diff
+
+
+def test_q4_k_m_of_smollm2_says_which_weights_fell_back_and_why(smollm2_2layers, tmp_path):
+    from llama_lora.export import gguf_quantize
+
+    f16 = gguf_writer.export_model(smollm2_2layers, tmp_path, "f16", "Smol")
+    quantized = gguf_quantize.quantize(f16, tmp_path / "q.gguf", gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    # per layer, every weight that reads the 576-wide hidden state (q, k, v, o, gate, up); down_proj reads 1536
+    assert len(quantized.fallbacks) == 2 * 6
+    assert {(f.columns, f.block) for f in quantized.fallbacks} == {(576, 256)}
+    assert {f.tensor.split(".")[2] for f in quantized.fallbacks} == {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                                    "ffn_gate", "ffn_up"}
+    # q4_k_m keeps attn_v at q6_k in some layers (the last of two here), and a q6_k that cannot be falls back to q8_0
+    assert {f.tensor for f in quantized.fallbacks if f.used == "q8_0"} == {"blk.1.attn_v.weight"}
+    assert quantized.fallback_summary() == "12 weights (rows of 576 not a multiple of 256): q5_0 x11, q8_0 x1"
+    stored = {t.name: t.tensor_type.name for t in reader(tmp_path / "q.gguf").tensors}
+    assert stored["blk.0.attn_q.weight"] == "Q5_0" and stored["blk.0.ffn_down.weight"] in ("Q4_K", "Q6_K")
+
+
 # --- the LoRA adapter GGUF ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("use_rslora", [False, True])
@@ -297,56 +346,13 @@ def test_command_refuses_what_it_cannot_export(smollm2_2layers, tmp_path, case, 
 
 
 # --- the Ollama chat template ----------------------------------------------------------------------------------
-# Ollama cannot run here, so the test executes the Modelfile's TEMPLATE itself: a Go text/template reduced to what
-# our templates use (range .Messages, if eq/ne .Role "x", .Role, .Content, end, and "{{-"/"-}}" trimming), and the
-# prompt it gives must be what the tokenizer's own chat template renders, which is what the model was trained on.
+# Ollama cannot run here, so the tests render the Modelfile's TEMPLATE with llama_lora/export/ollama_template.py (a Go
+# text/template reduced to what our templates use), and the prompt it gives must be what the tokenizer's own chat
+# template renders, which is what the model was trained on.
 
-GO_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
-
-
-def parse_go_template(template: str) -> list:
-    """Text pieces and (action, argument, children) nodes; "{{-" trims whitespace before, "-}}" after."""
-    root: list = []
-    stack = [root]
-    position, trim_next = 0, False
-    for match in GO_ACTION.finditer(template):
-        text = template[position:match.start()]
-        text = text.lstrip() if trim_next else text
-        stack[-1].append(text.rstrip() if match.group(1) else text)
-        action, position, trim_next = match.group(2), match.end(), bool(match.group(3))
-        if action == "end":
-            stack.pop()
-        elif action.startswith(("range ", "if ")):
-            node = (*action.split(" ", 1), [])
-            stack[-1].append(node)
-            stack.append(node[2])
-        else:
-            stack[-1].append(("field", action, []))
-    stack[-1].append(template[position:].lstrip() if trim_next else template[position:])
-    assert stack == [root], "unbalanced {{ end }}"
-    return root
-
-
-def execute_go_template(nodes: list, dot: dict) -> str:
-    out = ""
-    for node in nodes:
-        if isinstance(node, str):
-            out += node
-        elif node[0] == "range":
-            out += "".join(execute_go_template(node[2], item) for item in dot[node[1].lstrip(".")])
-        elif node[0] == "if":
-            op, field, value = node[1].split(" ", 2)
-            if (dot[field.lstrip(".")] == json.loads(value)) == (op == "eq"):
-                out += execute_go_template(node[2], dot)
-        else:
-            out += dot[node[1].lstrip(".")]
-    return out
-
-
-def ollama_prompt(modelfile: str, messages: list[dict]) -> str:
-    template = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, re.DOTALL | re.MULTILINE).group(1)
-    go_messages = [{"Role": m["role"], "Content": m["content"]} for m in messages]
-    return execute_go_template(parse_go_template(template), {"Messages": go_messages})
+def ollama_prompt(modelfile: str, messages: list[dict], tmp_path: Path) -> str:
+    (tmp_path / "Modelfile").write_text(modelfile)
+    return ollama_template.render(ollama_template.read_modelfile(tmp_path / "Modelfile"), messages)
 
 
 CONVERSATIONS = [
@@ -368,19 +374,20 @@ def llama31_tokenizer(llama3_tokenizer):
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["user", "system", "multi-turn"])
-def test_llama31_modelfile_template_renders_the_prompt_the_model_was_trained_on(llama31_tokenizer, messages):
+def test_llama31_modelfile_template_renders_the_prompt_the_model_was_trained_on(llama31_tokenizer, messages,
+                                                                               tmp_path):
     tokenizer = llama31_tokenizer
     fmt = gguf_writer.chat_format(tokenizer)
     modelfile = gguf_writer.modelfile_text("m.gguf", "a.gguf", fmt, gguf_writer.default_system_prompt(tokenizer))
     assert fmt.name == "llama3.1" and 'PARAMETER stop "<|eot_id|>"' in modelfile and "SYSTEM" not in modelfile
     trained = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # llama.cpp adds <|begin_of_text|> itself (the GGUF says add_bos_token), so the template leaves it out
-    assert ollama_prompt(modelfile, messages) == trained.removeprefix("<|begin_of_text|>")
+    assert ollama_prompt(modelfile, messages, tmp_path) == trained.removeprefix("<|begin_of_text|>")
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS[1:], ids=["system", "multi-turn"])
-def test_chatml_modelfile_template_renders_the_prompt_the_model_was_trained_on(smollm2_tokenizer, messages):
+def test_chatml_modelfile_template_renders_the_prompt_the_model_was_trained_on(smollm2_tokenizer, messages, tmp_path):
     fmt = gguf_writer.chat_format(smollm2_tokenizer)
     modelfile = gguf_writer.modelfile_text("m.gguf", None, fmt, None)
     trained = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert fmt.name == "chatml" and ollama_prompt(modelfile, messages) == trained
+    assert fmt.name == "chatml" and ollama_prompt(modelfile, messages, tmp_path) == trained

@@ -191,6 +191,7 @@ def commands(run: Path, out: Path) -> dict[str, list[str]]:
         "check": ["check", str(run)],
         "gguf": ["gguf", str(run), "--out", str(out / "gguf"), "--types", "f16"],
         "eval": ["eval", str(run), "--limit", "2", "--batch-size", "2"],
+        "verify": ["verify", str(run), "--targets", "merged", "--count", "1", "--max-new-tokens", "2"],
     }
 
 

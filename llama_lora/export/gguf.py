@@ -1,7 +1,7 @@
 """`export_gguf`: GGUF files and an Ollama Modelfile from a run folder or a Hugging Face model folder.
 
     export_gguf llama-3.1-lora-finetuned/peft --out gguf/     # LoRA GGUF + base model GGUFs + Modelfile
-    export_gguf merged/ --out gguf/ --types f16                # a (merged) model folder: model GGUF + Modelfile
+    export_gguf merged/ --out gguf/ --types f16,q4_k_m         # a (merged) model folder: model GGUFs + Modelfile
 
 Works from files only: no model is loaded, so an 8B export needs about one tensor's worth of memory, and no
 model's own Python code ever runs (the architectures it writes are transformers' own, so it needs none).
@@ -10,6 +10,7 @@ model's own Python code ever runs (the architectures it writes are transformers'
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import click
@@ -18,6 +19,9 @@ from llama_lora.atomic_files import write_text
 from llama_lora.errors import UsageError
 from llama_lora.export import gguf_writer
 from llama_lora.options import remote_code
+from llama_lora.export import gguf_quantize
+from llama_lora.export.gguf_runtime import llama_cpp_module
+from llama_lora.export.gguf_types import GGUF_TYPES
 from llama_lora.run import files, run_record
 
 MODELFILE = "Modelfile"
@@ -32,13 +36,20 @@ def is_model_folder(folder: Path) -> bool:
 
 
 def parse_types(value: str) -> list[str]:
-    """`f16,q8_0` -> ["f16", "q8_0"], refusing unknown names."""
+    """`f16,q4_k_m` -> ["f16", "q4_k_m"], refusing unknown names."""
     types = [part.strip().lower() for part in value.split(",") if part.strip()]
-    unknown = [t for t in types if t not in gguf_writer.QUANT_TYPES]
+    unknown = [t for t in types if t not in GGUF_TYPES]
     if not types or unknown:
-        raise UsageError(f"--types {value!r}: expected a comma-separated list of "
-                         + ", ".join(gguf_writer.QUANT_TYPES))
+        raise UsageError(f"--types {value!r}: expected a comma-separated list of " + ", ".join(GGUF_TYPES))
+    if any(GGUF_TYPES[t].by_llama_cpp for t in types):
+        llama_cpp_module()  # k-quants need llama.cpp: say so before any file is written
     return list(dict.fromkeys(types))
+
+
+def types_help() -> str:
+    """--types' help: every declared type and what it is."""
+    return "Model GGUF types to write, comma-separated: " + "; ".join(
+        f"{t.name} ({t.summary})" for t in GGUF_TYPES.values()) + ". k-quants go through llama.cpp's quantizer."
 
 
 def local_model_folder(model: str | None) -> Path | None:
@@ -74,8 +85,7 @@ def run_base_model(run: Path) -> Path:
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("gguf"),
               show_default=True, help="Folder for the GGUF files and the Modelfile (created if missing).")
-@click.option("--types", "types", default="f16,q8_0", show_default=True,
-              help="Model GGUF types to write: f16 (exact to f16), q8_0 (8-bit, about half the size).")
+@click.option("--types", "types", default="f16,q8_0", show_default=True, help=types_help())
 @click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Base model folder of a run folder's adapter (default: the model the run recorded).")
 @click.option("--name", default=None, help="Model name in the files' metadata and names (default: the folder's name).")
@@ -134,14 +144,35 @@ def export(source: Path, out_dir: Path, types: list[str], base: Path | None, nam
     else:  # the base files are named after the model the run recorded (smollm2, Llama-3.1-8B-Instruct)
         recorded = run_record.recorded_model(source).name if base is None else None
         model_name = Path(recorded or model_dir.name).name
-    models = [gguf_writer.export_model(model_dir, out_dir, t, model_name, pre_tokenizer, progress=True,
-                                       tokenizer_dir=tokenizer_dir) for t in types]
+    models = write_models(model_dir, out_dir, types, model_name, pre_tokenizer, tokenizer_dir)
     # Ollama applies adapters to an unquantized base most faithfully, so FROM prefers the f16 file
     base_file = models[types.index("f16")] if "f16" in types else models[0]
     modelfile = out_dir / MODELFILE
     write_text(modelfile, gguf_writer.modelfile_text(
         base_file.name, adapter.name if adapter else None, fmt, gguf_writer.default_system_prompt(tokenizer)))
     return [*models, *([adapter] if adapter else []), modelfile]
+
+
+def write_models(model_dir: Path, out_dir: Path, types: list[str], name: str, pre_tokenizer: str | None,
+                 tokenizer_dir: Path) -> list[Path]:
+    """One model GGUF per type, in the order asked: gguf_writer's own types directly, k-quants by llama.cpp's quantizer
+    from the f16 file (written to a temporary name first when f16 itself was not asked for)."""
+    def write(type_name: str, folder: Path) -> Path:
+        return gguf_writer.export_model(model_dir, folder, type_name, name, pre_tokenizer, progress=True,
+                                        tokenizer_dir=tokenizer_dir)
+
+    written = {t: write(t, out_dir) for t in types if not GGUF_TYPES[t].by_llama_cpp}
+    quantized = [t for t in types if GGUF_TYPES[t].by_llama_cpp]
+    if quantized:
+        with tempfile.TemporaryDirectory(prefix=".f16-", dir=out_dir) as tmp:
+            f16 = written.get("f16") or write("f16", Path(tmp))
+            for type_name in quantized:
+                path = out_dir / f16.name.replace("-F16.gguf", f"-{GGUF_TYPES[type_name].label}.gguf")
+                result = gguf_quantize.quantize(f16, path, GGUF_TYPES[type_name].file_type, progress=True)
+                if result.fallbacks:  # llama.cpp's warning, once per file instead of once per tensor
+                    click.echo(f"{path.name}: llama.cpp stored {result.fallback_summary()}", err=True)
+                written[type_name] = path
+    return [written[t] for t in types]
 
 
 def report(written: list[Path]) -> None:

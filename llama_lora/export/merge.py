@@ -59,7 +59,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
     prompts = prompt_batch(tokenizer)
     reference = logits(tuned, prompts)
     del tuned
-    _free()
+    free_memory()
 
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     staging.mkdir(parents=True)  # a new folder: the cleanup below removes only what this merge made
@@ -70,7 +70,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
         tokenizer = AutoTokenizer.from_pretrained(info.folder, trust_remote_code=info.trust_remote_code)
         tokenizer.save_pretrained(staging)  # with chat_template.jinja
         del model
-        _free()
+        free_memory()
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=getattr(torch, dtype),
                                                         device_map={"": device()}, use_safetensors=True,
                                                         trust_remote_code=info.trust_remote_code)
@@ -78,7 +78,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
                   "compared_with": f"base ({'NF4' if info.load_in_4bit else dtype}) + adapter in {dtype}",
                   "prompts": len(prompts), **compare_logits(reference, logits(reloaded.eval(), prompts))}
         del reloaded
-        _free()
+        free_memory()
         write_json(staging / REPORT, report)
         replace_folder(out, staging, owned.MERGED)
     finally:
@@ -86,7 +86,7 @@ def merge(info: TrainedRun, out: Path, dtype: str = "bfloat16", overwrite: bool 
     return report
 
 
-def _free() -> None:
+def free_memory() -> None:
     """Release a dropped model's memory before the next one loads (two 8B models need not fit at once)."""
     gc.collect()
     if torch.cuda.is_available():

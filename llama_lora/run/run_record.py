@@ -102,6 +102,14 @@ class Forgetting(_Part):
     seconds: float | None = None  # both measurements together
 
 
+class ExportVerdicts(_Part):
+    """What `use_adapter.py verify` last found (verify.json holds its figures)."""
+
+    passed: bool | None = None
+    when: str | None = None
+    targets: dict[str, str] | None = None  # target -> passed, failed or skipped
+
+
 class RunRecord(_Part):
     """Everything metrics.json holds. A running or failed record has only some of it."""
 
@@ -134,6 +142,7 @@ class RunRecord(_Part):
     training_args: dict[str, Any] | None = None  # the trainer's effective values (training.RECORDED_ARGS)
     config: dict[str, Any] | None = None  # config.to_record
     data: dict[str, Any] | None = None  # format, hash, labels, and each split's source and counts
+    verify: ExportVerdicts | None = None  # written after training by use_adapter.py verify
 
     def value(self, path: str) -> Any:
         """The value at a dotted path (`memory.after_training.cpu_peak_rss_gib`), None where the record has none."""

@@ -45,6 +45,9 @@ def machine_has_gpu() -> bool:
         [smi, "-L"], capture_output=True, check=False).returncode == 0
 
 
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+
+
 def load_script(relative: str):
     """Import a top-level script (an entry point or benchmark) as a module, the way its tests need it."""
     import importlib.util
@@ -120,9 +123,9 @@ def dialogue(question: str, answer: str) -> dict:
     return {"messages": [{"role": "student", "content": question}, {"role": "teacher", "content": answer}]}
 
 
-def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object) -> Path:
-    """A run folder as a training script leaves it, with a random (untrained) adapter (built in seconds: the embedded
-    SmolLM2 with a real PEFT LoRA adapter whose B matrices are random, so it visibly changes the model)."""
+def make_run(folder: Path, base_path: str, seed: int, r: int = 8, dataset: str | None = None, **lora: object) -> Path:
+    """A run folder as a training script leaves it (adapter, tokenizer, config.yaml, metrics.json), with a random
+    (untrained) adapter on `base_path`; `dataset` replaces the recorded default (the bundled data)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,7 +141,8 @@ def make_run(folder: Path, base_path: str, seed: int, r: int = 8, **lora: object
     owned.stamp(folder, owned.RUN)
     get_peft_model(base, config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
-    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32"), "peft", Machine(cuda=False))
+    cfg = resolve(TrainConfig(model="smollm2", r=r, dtype="float32", **({"dataset": dataset} if dataset else {})),
+                  "peft", Machine(cuda=False))
     save_yaml(cfg, folder / "config.yaml")
     (folder / "metrics.json").write_text(json.dumps({"status": "completed", "backend": "peft", "model": {
         "name": "smollm2", "path": base_path}, "load_in_4bit": False, "dtype": "float32"}))
