@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_lora.data.formats import Message, parse_role_map
+from llama_lora.data.formats import Message
 from llama_lora.data.prepare import IGNORE_INDEX, example_chunks, plan_splits, tokenize_examples
+from llama_lora.data.sources import Tally
 from llama_lora.errors import UsageError
 from llama_lora.options import config
 from llama_lora.run import files
@@ -48,20 +49,24 @@ def held_out(run: Path, tokenizer: Any, count: int) -> list[Prompt]:
         raise UsageError(f"{run}: no {files.CONFIG}, so the run's eval split is unknown; pass --prompts FILE")
     try:
         cfg = config.build(config.load_yaml(config_file))
-        fmt, plan, _, labels = plan_splits(cfg)
+        plan = plan_splits(cfg)
     except (config.ConfigError, UsageError, OSError) as err:
         raise UsageError(f"{config_file}: cannot read the run's eval split ({err}); pass --prompts FILE") from err
-    if plan.get("eval") is None or fmt == "text":
-        raise UsageError(f"{run}: the run has no eval split with prompts ({fmt} data"
-                         f"{', no eval rows' if plan.get('eval') is None else ''}); pass --prompts FILE")
-    rows, indices = plan["eval"]
+    held = plan.parts.get("eval")
+    if held is None or plan.format == "text":
+        raise UsageError(f"{run}: the run has no eval split with prompts ({plan.format} data"
+                         f"{', no eval rows' if held is None else ''}); pass --prompts FILE")
+    rows, indices = held
     picked = [indices[i] for i in spread(len(indices), count)]
-    examples = [e for chunk in example_chunks(rows, picked, fmt, parse_role_map(cfg.role_map), labels)
-                for e in chunk]
-    tokenized = tokenize_examples(tokenizer, examples, cfg.loss_on)
+    skipped = Tally()  # with --bad-rows skip, a row training left out is left out here too
+    examples = [e for chunk in example_chunks(rows, picked, plan.format, plan.reading,
+                                              skipped if cfg.bad_rows == "skip" else None) for e in chunk]
+    tokenized = tokenize_examples(tokenizer, examples, cfg.loss_on, reasoning=cfg.reasoning, bad_rows=cfg.bad_rows,
+                                  skipped=skipped.skipped)
+    by_where = {example.where: example for example in examples}
     # the first supervised span is the first assistant turn, or the last one when only that one trains
     turn = -1 if cfg.loss_on == "last-assistant" else 0
-    prompts = [_cut(example, row, turn) for example, row in zip(examples, tokenized)
+    prompts = [_cut(by_where[row["where"]], row, turn) for row in tokenized
                if row["labels"][0] == IGNORE_INDEX and any(label != IGNORE_INDEX for label in row["labels"])]
     if not prompts:
         raise UsageError(f"{run}: no eval row has a prompt before its supervised tokens (--loss-on "
