@@ -1,5 +1,6 @@
-"""What the two evaluations cost: the forgetting check inside a training run, and `use_adapter.py eval` on the
-finished run (a benchmark, not a test: run it on a quiet machine, the figures are times).
+"""What the checks after training cost: the forgetting check inside a training run, `use_adapter.py eval` and
+`use_adapter.py verify` on the finished run (a benchmark, not a test: run it on a quiet machine, the figures are
+times).
 
     python benchmarks/eval_cost.py                          # trains the CPU demo (the PEFT script's defaults) first
     python benchmarks/eval_cost.py --run llama-3.1-lora-finetuned/peft --tasks everyday_knowledge,arc_easy
@@ -8,8 +9,9 @@ finished run (a benchmark, not a test: run it on a quiet machine, the figures ar
 Without --run it trains into --work with the entry script's defaults (plus --train-flags), as a user's first command
 does. The forgetting check times itself inside that run (metrics.json: forgetting.seconds, before and after
 together) and is set against the run's own clock (runtime_s.total). `eval` then runs as a user runs it, in its own
-process: its wall time includes starting Python and loading the model; eval.json gives each pass's own time. `eval`
-writes eval.md / eval.json into the run folder it scores (with --run: the user's own, replacing an earlier report).
+process: its wall time includes starting Python and loading the model; eval.json gives each pass's own time. `verify`
+(unless --no-verify) runs the same way, building its default exports itself. Both write their reports into the run
+folder they check (with --run: the user's own, replacing earlier reports).
 The record goes to OUT/eval-cost-<device>-<date>.json and .md with the commands and the load average before and
 after (a loaded machine makes every figure larger).
 """
@@ -72,6 +74,12 @@ def eval_cost(run: Path, eval_json: dict[str, Any], wall: float) -> dict[str, An
             "questions": questions, "seconds": eval_json["seconds"], "wall_s": wall}
 
 
+def verify_cost(verify_json: dict[str, Any], wall: float) -> dict[str, Any]:
+    """What verify.json says it checked (targets, prompts, verdict) and the command's wall time."""
+    return {"targets": [outcome["target"] for outcome in verify_json["targets"]],
+            "prompts": len(verify_json["prompts"]), "passed": verify_json["passed"], "wall_s": wall}
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The report: the forgetting check against its run, eval's two passes against the whole command."""
     check, runtime, evaluation = result["forgetting"], result["runtime_s"], result["eval"]
@@ -90,6 +98,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{evaluation['seconds']['tuned'] / evaluation['wall_s']:.0%} of the command |",
         f"| eval, whole command (start-up and model load included) | {evaluation['wall_s']} | |",
     ]
+    if result.get("verify"):
+        checked = result["verify"]
+        lines.append(f"| verify, whole command ({', '.join(checked['targets'])}; built, then run on "
+                     f"{checked['prompts']} prompts) | {checked['wall_s']} | |")
     if result.get("train_wall_s") is not None:
         lines.append(f"| training run, whole command | {result['train_wall_s']} | |")
     return "\n".join(lines) + "\n"
@@ -101,10 +113,13 @@ def to_markdown(result: dict[str, Any]) -> str:
 @click.option("--train-flags", default="", help="Extra flags for the training run (default: the resolved defaults).")
 @click.option("--tasks", default="everyday_knowledge", show_default=True, help="eval's --tasks.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="eval's --limit (default: every question).")
+@click.option("--verify/--no-verify", "with_verify", default=True, show_default=True,
+              help="Time use_adapter.py verify on the run too.")
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/.work/eval-cost"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def main(run: Path | None, train_flags: str, tasks: str, limit: int | None, work: Path, out: Path) -> None:
-    """Time the forgetting check of a training run and `use_adapter.py eval` on it; write the record."""
+def main(run: Path | None, train_flags: str, tasks: str, limit: int | None, with_verify: bool, work: Path,
+         out: Path) -> None:
+    """Time the forgetting check of a training run, and `use_adapter.py eval` and `verify` on it; write the record."""
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"commands": ["python benchmarks/eval_cost.py " + shlex.join(sys.argv[1:])],
@@ -123,6 +138,11 @@ def main(run: Path | None, train_flags: str, tasks: str, limit: int | None, work
     wall = timed(evaluate, work / "eval.log")
     result["commands"].append(shown(evaluate))
     result["eval"] = eval_cost(run, json.loads((run / files.EVAL_JSON).read_text()), wall)
+    if with_verify:
+        check = [sys.executable, str(REPO / "use_adapter.py"), "verify", str(run)]
+        wall = timed(check, work / "verify.log")
+        result["commands"].append(shown(check))
+        result["verify"] = verify_cost(json.loads((run / files.VERIFY_RECORD).read_text()), wall)
     result["loadavg"]["after"] = loadavg()
     device = "cpu" if result["device"]["type"] == "cpu" else result["device"]["name"].replace(" ", "-")
     stem = out / f"eval-cost-{device}-{result['date']}"

@@ -53,3 +53,21 @@ def test_the_table_sets_the_check_against_its_run_and_each_pass_against_the_eval
     assert "| eval, base pass (everyday_knowledge 60 questions) | 20.0 | 40% of the command |" in table
     assert "| eval, tuned pass | 25.0 | 50% of the command |" in table
     assert "| training run, whole command | 210.0 |" in table
+
+
+def test_verify_is_timed_with_the_targets_and_prompts_its_report_names():
+    from llama_lora.export.verify import Verification
+    from llama_lora.export.verify_report import as_record
+
+    record = as_record(Verification(run="run", reference="the adapter on its base", prompts=[],
+                                    reference_continuations=[], outcomes=[]))
+    record["targets"] = [{"target": "merged"}, {"target": "gguf-lora"}]
+    record["prompts"] = [{"where": "eval.jsonl:1"}] * 8
+    cost = bench.verify_cost(record, wall=120.0)
+    assert cost == {"targets": ["merged", "gguf-lora"], "prompts": 8, "passed": True, "wall_s": 120.0}
+    result = {"commands": [], "date": "2026-12-05", "device": {"name": "CPU"}, "cpus": 2,
+              "loadavg": {"before": [0.1] * 3, "after": [0.1] * 3}, "model": "smollm2", "backend": "peft", "steps": 60,
+              "forgetting": FORGETTING, "runtime_s": {"total": 200.0},
+              "eval": bench.eval_cost(None, eval_json(), wall=50.0), "verify": cost}
+    assert "| verify, whole command (merged, gguf-lora; built, then run on 8 prompts) | 120.0 | |" in \
+        bench.to_markdown(result)
