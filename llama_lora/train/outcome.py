@@ -11,7 +11,9 @@ Before the run folder is open nothing needs recording: errors there are the pipe
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sys
 import traceback
@@ -83,9 +85,8 @@ def _failure_message(cfg: TrainConfig, staging: Path, err: BaseException) -> tup
                 "broken rows."), True
     if isinstance(err, OSError):
         return f"Training failed: {describe_os_error(err, staging)}", True
-    if _disk_full(staging):  # torch and safetensors report a full disk as their own errors
-        return (f"Training failed: the disk holding {staging} is full ({type(err).__name__}: {err}); free some "
-                "space"), True
+    if _disk_full(staging):  # torch and safetensors report a full disk as their own errors: say it as for an OSError
+        return f"Training failed: {describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), staging)}", True
     return f"Training failed: {type(err).__name__}: {err}", False
 
 

@@ -201,8 +201,10 @@ def test_a_failed_overwrite_keeps_the_old_run_and_its_last_good_checkpoint(unint
     out = straight.parent / "nan"
     shutil.copytree(straight, out)  # a completed run that --overwrite is asked to replace
     old = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    # Adam moves every weight by about the learning rate: 1e20 overflows the activations within a few steps.
-    result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "1e20", "--overwrite"))
+    # Adam moves every weight by about the learning rate: 1e20 overflows the activations from the second step on,
+    # so the first step's checkpoint is the last good one.
+    result = run(command(straight.parent / "data.jsonl", out, "--learning-rate", "1e20", "--save-steps", "1",
+                         "--overwrite"))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Training stopped: the " in result.stderr and "Lower --learning-rate" in result.stderr
     staging = out.with_name(".nan.partial")
