@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from llama_lora.atomic_files import write_report
 from llama_lora.backend import BACKENDS
 from llama_lora.run import files, measure, run_record
+from llama_lora.use import evaluate
 
 
 def timed(args: list[str], log: Path) -> float:
@@ -71,7 +72,8 @@ def eval_cost(run: Path, eval_json: dict[str, Any], wall: float) -> dict[str, An
     """What eval.json says about the passes (tasks, questions per task, seconds each) and the command's wall time."""
     questions = {row["task"]: row["n"] for row in eval_json["rows"]}
     return {"tasks": eval_json["settings"]["tasks"], "limit": eval_json["settings"]["limit"],
-            "questions": questions, "seconds": eval_json["seconds"], "wall_s": wall}
+            "questions": questions, "seconds": eval_json["seconds"], "wall_s": wall,
+            "table": evaluate.table(eval_json["rows"])}
 
 
 def verify_cost(verify_json: dict[str, Any], wall: float) -> dict[str, Any]:
@@ -104,6 +106,12 @@ def to_markdown(result: dict[str, Any]) -> str:
                      f"{checked['prompts']} prompts) | {checked['wall_s']} | |")
     if result.get("train_wall_s") is not None:
         lines.append(f"| training run, whole command | {result['train_wall_s']} | |")
+    # what the timed commands found, so pages quoting these figures can cite this record
+    lines += ["", "What they found:", "",
+              f"Forgetting check: {check['before']:.4f} -> {check['after']:.4f} nats per token "
+              f"({check['perplexity_change']:+.1%} perplexity): {check['reading']}.", "", *evaluation["table"]]
+    if result.get("verify"):
+        lines += ["", f"verify: {'every target passed' if result['verify']['passed'] else 'a target failed'}."]
     return "\n".join(lines) + "\n"
 
 

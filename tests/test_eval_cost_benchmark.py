@@ -19,7 +19,9 @@ FORGETTING = {"sample": "data/general_text/botchan.txt", "tokens": 680, "before"
 def eval_json(n: int = 60) -> dict:
     """eval.json as use_adapter.py eval writes it, reduced to what the benchmark reads."""
     return {"settings": {"tasks": ["everyday_knowledge"], "limit": None}, "seconds": {"base": 20.0, "tuned": 25.0},
-            "rows": [{"task": "everyday_knowledge", "metric": m, "n": n} for m in ("acc", "acc_norm")]}
+            "rows": [{"task": "everyday_knowledge", "metric": m, "filter": "none", "n": n, "base": 0.6, "base_stderr": 0.06,
+                      "tuned": 0.65, "tuned_stderr": 0.06, "delta": 0.05, "delta_stderr": 0.04,
+                      "reading": "no clear change (within 2 standard errors)"} for m in ("acc", "acc_norm")]}
 
 
 def write_metrics(folder, **fields) -> None:
@@ -53,6 +55,10 @@ def test_the_table_sets_the_check_against_its_run_and_each_pass_against_the_eval
     assert "| eval, base pass (everyday_knowledge 60 questions) | 20.0 | 40% of the command |" in table
     assert "| eval, tuned pass | 25.0 | 50% of the command |" in table
     assert "| training run, whole command | 210.0 |" in table
+    # what the timed commands found, for the pages that quote it
+    assert "Forgetting check: 3.8300 -> 3.8200 nats per token (-1.0% perplexity): unchanged." in table
+    assert ("| everyday_knowledge | acc | 60 | 0.6000 ± 0.0600 | 0.6500 ± 0.0600 | +0.0500 ± 0.0400 | no clear change "
+            "(within 2 standard errors) |") in table
 
 
 def test_verify_is_timed_with_the_targets_and_prompts_its_report_names():

@@ -283,15 +283,8 @@ def to_markdown(record: dict[str, Any]) -> str:
         f"with the adapter disabled and then enabled; lm-eval {record['lm_eval']}, few-shot: {shots}, limit: "
         f"{settings['limit'] or 'none'}, batch size {settings['batch_size']}, seed {settings['seed']}, chat "
         f"template: {'yes' if settings['apply_chat_template'] else 'no'}. {record['date']}.", "",
-        "| task | metric | n | base | tuned | change | reading |", "|---|---|---|---|---|---|---|",
+        *table(record["rows"]),
     ]
-    for row in record["rows"]:
-        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
-        change = f"{row['delta']:+.4f}" + (f" ± {row['delta_stderr']:.4f}" if row["delta_stderr"] is not None else "")
-        base = _fmt(row["base"]) + (f" ± {row['base_stderr']:.4f}" if row["base_stderr"] is not None else "")
-        tuned = _fmt(row["tuned"]) + (f" ± {row['tuned_stderr']:.4f}" if row["tuned_stderr"] is not None else "")
-        lines.append(f"| {row['task']} | {metric} | {row['n'] or '-'} | {base} | {tuned} | {change} | "
-                     f"{row['reading']} |")
     lines += [
         "", "± is one standard error. The change's is paired (from the per-question differences: both passes answer "
         "the same questions) where lm-eval logs a score per question, else the two standard errors combined. A "
@@ -299,6 +292,19 @@ def to_markdown(record: dict[str, Any]) -> str:
         "", f"Time: base {record['seconds']['base']:.0f} s, tuned {record['seconds']['tuned']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The side-by-side markdown table of eval.md, one line per task and metric (compare_results' rows)."""
+    lines = ["| task | metric | n | base | tuned | change | reading |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
+        change = f"{row['delta']:+.4f}" + (f" ± {row['delta_stderr']:.4f}" if row["delta_stderr"] is not None else "")
+        base = _fmt(row["base"]) + (f" ± {row['base_stderr']:.4f}" if row["base_stderr"] is not None else "")
+        tuned = _fmt(row["tuned"]) + (f" ± {row['tuned_stderr']:.4f}" if row["tuned_stderr"] is not None else "")
+        lines.append(f"| {row['task']} | {metric} | {row['n'] or '-'} | {base} | {tuned} | {change} | "
+                     f"{row['reading']} |")
+    return lines
 
 
 def write_report(run: Path, record: dict[str, Any]) -> list[Path]:
