@@ -15,14 +15,14 @@ def own_core_per_worker() -> None:
     """Each pytest-xdist worker (and every process its tests start) runs on a core of its own, single-threaded.
 
     Two processes whose thread pools span the same cores make each other wait at every parallel region: a 3.4 s
-    training step took 50-70 s beside another training on a 2-core machine. On a core each, two workers finish
-    the suite in a little over half the time of one."""
+    training step took 50-70 s beside another training on a 2-core machine. On a core each, two workers ran the
+    suite in 24.7 min against 32.8 min for one process (benchmarks/results/test-durations-2026-12-06.md)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...; set before this file is imported
     if worker is None or not hasattr(os, "sched_setaffinity"):
         return
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
-    os.environ["OMP_NUM_THREADS"] = "1"  # torch, and OpenMP in llama.cpp, size their pools from it
+    os.environ["OMP_NUM_THREADS"] = "1"  # torch sizes its pool from it (llama.cpp's comes from the affinity)
 
 
 own_core_per_worker()  # at import, before torch starts its thread pool

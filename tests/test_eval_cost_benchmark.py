@@ -17,11 +17,13 @@ FORGETTING = {"sample": "data/general_text/botchan.txt", "tokens": 680, "before"
 
 
 def eval_json(n: int = 60) -> dict:
-    """eval.json as use_adapter.py eval writes it, reduced to what the benchmark reads."""
+    """eval.json as use_adapter.py eval writes it, reduced to what the benchmark reads (its rows whole: the record
+    shows eval's table)."""
     return {"settings": {"tasks": ["everyday_knowledge"], "limit": None}, "seconds": {"base": 20.0, "tuned": 25.0},
-            "rows": [{"task": "everyday_knowledge", "metric": m, "filter": "none", "n": n, "base": 0.6, "base_stderr": 0.06,
-                      "tuned": 0.65, "tuned_stderr": 0.06, "delta": 0.05, "delta_stderr": 0.04,
-                      "reading": "no clear change (within 2 standard errors)"} for m in ("acc", "acc_norm")]}
+            "rows": [{"task": "everyday_knowledge", "metric": m, "filter": "none", "n": n,
+                      "base": 0.6, "base_stderr": 0.06, "tuned": 0.65, "tuned_stderr": 0.06,
+                      "delta": 0.05, "delta_stderr": 0.04, "reading": "no clear change (within 2 standard errors)"}
+                     for m in ("acc", "acc_norm")]}
 
 
 def write_metrics(folder, **fields) -> None:
