@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import sys
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
 
 
 class UsageError(ValueError):
@@ -32,3 +36,16 @@ def describe_os_error(err: OSError, where: object = None) -> str:
     what = err.strerror or str(err)
     advice = _OS_ERROR_ADVICE.get(err.errno)
     return f"{paths + ': ' if paths else ''}{what}" + (f" ({advice})" if advice else "")
+
+
+def exit_status(action: Callable[[], int]) -> int:
+    """Run a command's `action` and return its exit status; input it cannot use (a UsageError, or an OSError met
+    before a run folder is open: later faults are the run's failure record) is one "error:" line and status 2."""
+    try:
+        return action()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT

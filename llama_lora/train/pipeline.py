@@ -36,7 +36,7 @@ from llama_lora.data.audit import build_audit, metrics_data, print_audit, render
 from llama_lora.data.chat_template import ensure_chat_template
 from llama_lora.data import token_cache
 from llama_lora.data.prepare import Prepared, prepare
-from llama_lora.errors import UsageError, describe_os_error
+from llama_lora.errors import UsageError, describe_os_error, exit_status
 from llama_lora.model import assets, quantization
 from llama_lora.model.preflight import check_model, check_tokenizer_fits
 from llama_lora.options import remote_code, tracking
@@ -63,9 +63,6 @@ from llama_lora.train.trainer import (
     to_dataset,
 )
 
-EXIT_BAD_INPUT = 2
-
-
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     """The tokenizer the data is formatted with (one object for both backends) and where its template is from."""
     with remote_code.explained(path):
@@ -80,14 +77,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, str
 
 def train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
     """Train, evaluate and save one adapter (or, for a dry run, only audit the data); returns the exit status."""
-    try:
-        return _train_adapter(cfg, backend, options)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as err:  # before the run folder is open (later faults are the run's failure record)
-        print(f"error: {describe_os_error(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return exit_status(lambda: _train_adapter(cfg, backend, options))
 
 
 @dataclass(frozen=True)
@@ -134,9 +124,7 @@ class Trained:
 
 
 def _train_adapter(cfg: TrainConfig, backend: Backend, options: RunOptions) -> int:
-    """A plan, a dry run, or a run: the run holds its output folder's lock from its first check to its end."""
-    if options.plan:
-        return _print_plan(cfg, options)
+    """A dry run, or a run: the run holds its output folder's lock from its first check to its end."""
     if options.dry_run:
         return _show_dry_run(prepare_data(cfg, options))
     output_dir = Path(cfg.output_dir)
@@ -169,14 +157,6 @@ def _run(cfg: TrainConfig, backend: Backend, options: RunOptions, output_dir: Pa
         return 0
     finally:
         stop.release()
-
-
-def _print_plan(cfg: TrainConfig, options: RunOptions) -> int:
-    """--plan: the memory plan for these options and this launch, and nothing else."""
-    from llama_lora.model.memory_plan import parse_launch, plan, print_plan
-
-    print_plan(cfg, plan(cfg, assets.model_path(cfg.model), parse_launch(options.plan), options.trust_remote_code))
-    return 0
 
 
 def prepare_data(cfg: TrainConfig, options: RunOptions) -> PreparedData:
