@@ -4,11 +4,13 @@ Plain helper functions live in tests/helpers (imported as `helpers`)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
-from helpers import TOKENIZER_FILES, dialogue, hide_gpus_and_hub, machine_has_gpu, write_jsonl
+from helpers import (TWO_LAYER_MODEL, cut_layers, dialogue, hide_gpus_and_hub, machine_has_gpu, two_layer_model,
+                     write_jsonl)
 
 
 def own_core_per_worker() -> None:
@@ -30,19 +32,54 @@ hide_gpus_and_hub()  # at import, before any test imports torch: tests run the C
 
 
 def pytest_configure(config) -> None:
-    """Convert the embedded model once, before the workers start, rather than in each of them at once."""
+    """Convert the embedded model and cut its two-layer copy once, before the workers start (they inherit the
+    copy's path), rather than in each of them at once."""
     if not hasattr(config, "workerinput"):
+        import shutil
+        import tempfile
+
         from llama_lora.model.assets import smollm2_dir
 
-        smollm2_dir()
+        folder = Path(tempfile.mkdtemp(prefix="smollm2-2layers-"))
+        cut_layers(smollm2_dir(), folder, layers=2)
+        os.environ[TWO_LAYER_MODEL] = str(folder)
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")  # what each file took, for the order below
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--write-file-seconds", action="store_true",
+                     help=f"after the run, write what each test file took into {FILE_SECONDS.name} (the order "
+                          "in which the workers take the files)")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """`gpu` tests run where the machine has a GPU (their subprocesses get it back) and are skipped elsewhere."""
+    """The costliest files first, so that no worker is left alone with a long file at the end (the workers take
+    files in this order; a file not yet timed goes last); `gpu` tests run where the machine has a GPU (their
+    subprocesses get it back) and are skipped elsewhere."""
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))  # stable: a file's order is kept
     if any("gpu" in item.keywords for item in items) and not machine_has_gpu():
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (python3 -m pytest -m gpu on a GPU machine)"))
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Sum each file's setup, call and teardown seconds, as the workers report them (for --write-file-seconds)."""
+    file = report.nodeid.split("::")[0]
+    _SPENT[file] = _SPENT.get(file, 0.0) + report.duration
+
+
+_SPENT: dict[str, float] = {}
+
+
+def pytest_sessionfinish(session) -> None:
+    if session.config.getoption("--write-file-seconds") and not hasattr(session.config, "workerinput"):
+        FILE_SECONDS.write_text(json.dumps({file: round(spent, 1) for file, spent in
+                                            sorted(_SPENT.items(), key=lambda entry: -entry[1])}, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,23 +116,9 @@ def llama3_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def smollm2_2layers(tmp_path_factory, smollm2_path) -> Path:
-    """The embedded SmolLM2 cut to its first two layers: real weights and tokenizer, exported in seconds."""
-    import json
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    source, folder = Path(smollm2_path), tmp_path_factory.mktemp("smollm2-2layers")
-    config = json.loads((source / "config.json").read_text())
-    config["num_hidden_layers"] = 2
-    (folder / "config.json").write_text(json.dumps(config))
-    weights = load_file(source / "model.safetensors")
-    kept = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
-    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
-    for name in TOKENIZER_FILES:
-        shutil.copy(source / name, folder / name)
-    return folder
+def smollm2_2layers() -> Path:
+    """The embedded SmolLM2 cut to its first two layers (helpers.cut_layers): real weights and tokenizer."""
+    return Path(two_layer_model())
 
 
 def write_tiny_dataset(folder: Path) -> Path:

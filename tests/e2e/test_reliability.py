@@ -20,14 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, phase_marking, read_metrics, wait_for_file, wait_for_logged_steps
+from helpers import REPO, phase_marking, read_metrics, two_layer_model, wait_for_file, wait_for_logged_steps
 from helpers.trackers import scalars, wandb_records
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--max-steps", "6", "--save-steps", "2", "--samples", "0", "--batch-size", "2", "--grad-accum", "1",
-         "--learning-rate", "1e-3", "--lr-scheduler", "constant", "--r", "8", "--dtype", "float32"]
+# the embedded model cut to two layers: what is tested here is what a run does, not what it learns
+FLAGS = ["--model", two_layer_model(), "--max-steps", "6", "--save-steps", "2", "--samples", "0", "--batch-size", "2",
+         "--grad-accum", "1", "--learning-rate", "1e-3", "--lr-scheduler", "constant", "--r", "8", "--dtype", "float32"]
 PLANTED_TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
 
 

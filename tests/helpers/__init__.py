@@ -46,6 +46,32 @@ def machine_has_gpu() -> bool:
 
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+# The environment variable naming the two-layer copy of the embedded model that conftest cuts for the session.
+TWO_LAYER_MODEL = "LLAMA_LORA_TEST_TWO_LAYER_MODEL"
+
+
+def cut_layers(source: Path, folder: Path, layers: int) -> Path:
+    """A copy of the model folder `source` with only its first `layers` decoder layers: real weights, tokenizer
+    and architecture, a fraction of the compute. For tests of what a run does (files, signals, resume, processes),
+    not of what it learns."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(source / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
+def two_layer_model() -> str:
+    """The path of the session's two-layer copy of the embedded model (cut once by conftest, before the workers)."""
+    return os.environ[TWO_LAYER_MODEL]
 
 
 def load_script(relative: str):
