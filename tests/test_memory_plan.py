@@ -107,6 +107,30 @@ def test_plan_needs_only_config_json_and_exits_before_loading(tmp_path, smollm2_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
+IMPORTED_AFTER = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as done:
+    print("exit", done.code, sorted(name for name in ("unsloth", "trl", "peft") if name in sys.modules))
+"""
+
+
+@pytest.mark.slow  # subprocesses importing the command line
+@pytest.mark.parametrize("script", ["lora_peft_finetuning.py", "lora_unsloth_finetuning.py"])
+def test_a_plan_imports_neither_the_backend_nor_the_training_libraries_and_a_bad_one_exits_2(script):
+    def plan(value: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", IMPORTED_AFTER, script, "--plan", value], cwd=REPO,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    good, bad = plan("ddp:2"), plan("fsdp:x")
+    assert "Memory plan" in good.stdout and good.stdout.rstrip().endswith("exit 0 []"), good.stderr[-3000:]
+    assert bad.stdout.rstrip().endswith("exit 2 []"), bad.stderr[-3000:]
+    assert bad.stderr.strip().splitlines()[-1] == "error: --plan fsdp:x: expected a process count such as 1, ddp:4 " \
+                                                  "or fsdp:2"
+
+
 def test_bad_plan_values_name_the_flag():
     for text in ("zero:2", "fsdp:0", "many"):
         with pytest.raises(UsageError, match="--plan"):
