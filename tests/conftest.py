@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded SmolLM2 model (converted once into the user cache) and tiny datasets.
+"""Shared fixtures: the embedded SmolLM2 model (converted once into the user cache), its two-layer copy (cut once
+per session) and tiny datasets; the order in which the workers take the test files.
 
 Plain helper functions live in tests/helpers (imported as `helpers`)."""
 
@@ -47,6 +48,7 @@ def pytest_configure(config) -> None:
 
 
 FILE_SECONDS = Path(__file__).with_name("file_seconds.json")  # what each file took, for the order below
+_SPENT: dict[str, float] = {}  # this session's seconds per file, for --write-file-seconds
 
 
 def pytest_addoption(parser) -> None:
@@ -71,9 +73,6 @@ def pytest_runtest_logreport(report) -> None:
     """Sum each file's setup, call and teardown seconds, as the workers report them (for --write-file-seconds)."""
     file = report.nodeid.split("::")[0]
     _SPENT[file] = _SPENT.get(file, 0.0) + report.duration
-
-
-_SPENT: dict[str, float] = {}
 
 
 def pytest_sessionfinish(session) -> None:
