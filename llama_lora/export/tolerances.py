@@ -1,13 +1,12 @@
 """How far an export may sit from the reference (the adapter on its base, float32) and still pass `verify`, per
 precision of the export's weights.
 
-Every limit comes from measured spreads, with room to spare, within floors and a cap.
-`benchmarks/verify_spreads.py` measures each precision on two models: the embedded SmolLM2 with the CPU demo's
-trained adapter (real weights, but rows 576 wide, so k-quants fall back to other types for most tensors), and a
-model of Llama 3.1's architecture with random weights and a random adapter (widths that are multiples of 256:
-k-quants apply to every weight). `derive` turns the worst spread of the two
-into the limits below, and tests/test_verify.py checks that TOLERANCES is `derive` applied to the committed record
-RECORD, so no limit can drift from its measurement:
+Every limit comes from measured spreads, with room to spare, within floors and a cap. `benchmarks/verify_spreads.py`
+measures each precision on two models: the embedded SmolLM2 with the CPU demo's trained adapter (real weights, but
+rows 576 wide, so k-quants fall back to other types for most tensors), and a model of Llama 3.1's architecture with
+random weights and a random adapter (widths that are multiples of 256: k-quants apply to every weight). `derive`
+turns the worst spread of the two into the limits below, and tests/test_verify.py checks that TOLERANCES is `derive`
+applied to the committed record RECORD, so no limit can drift from its measurement:
 
 - mean |logit difference| relative to the mean |reference logit|: MARGIN x the worst measured, at least MEAN_FLOOR
   (float32 against float32 still differs in summation order);

@@ -102,7 +102,7 @@ def print_plan(cfg: TrainConfig, options: RunOptions) -> int:
 
 
 def train_with_pipeline(cfg: TrainConfig, backend: Backend, options: RunOptions = RunOptions()) -> int:
-    """Train with the shared pipeline, after the backend's import hook; a plan needs neither (half the start-up)."""
+    """Train with the shared pipeline, after the backend's import hook; a plan needs neither."""
     quiet.install()  # before any heavy import: most of the noise it drops is printed at import time
     if options.plan:
         return exit_status(lambda: print_plan(cfg, options))

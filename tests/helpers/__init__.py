@@ -56,13 +56,15 @@ def cut_layers(source: Path, folder: Path, layers: int) -> Path:
     not of what it learns."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     config = json.loads((source / "config.json").read_text())
     config["num_hidden_layers"] = layers
     (folder / "config.json").write_text(json.dumps(config))
-    weights = load_file(source / "model.safetensors")
-    kept = {k: v for k, v in weights.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    with safe_open(source / "model.safetensors", "pt") as weights:  # reads only the tensors kept
+        kept = {k: weights.get_tensor(k) for k in weights.keys()
+                if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
     save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, folder / name)
