@@ -151,7 +151,9 @@ class Runner:
     def run_killed(self, name: str, args: list[str], staging: Path, step: int) -> Done:
         """Start a training and SIGKILL it as soon as checkpoint-<step> is complete (as a pre-empted machine)."""
         log = self.logs / f"{name}.log"
-        marker = staging / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+        # the seal, not trainer_state.json: the trainer writes the seal last, and a checkpoint without it is one
+        # that --resume rightly refuses
+        marker = staging / "checkpoints" / f"checkpoint-{step}" / files.CHECKPOINT_SEAL
         started = time.perf_counter()
         with log.open("w") as sink:
             process = subprocess.Popen(args, cwd=self.cwd(name), stdout=sink, stderr=subprocess.STDOUT,

@@ -13,6 +13,19 @@ import pytest
 from helpers import REPO, load_script
 
 gpu_wheels = load_script("benchmarks/gpu_wheels.py")
+gpu_check = load_script("benchmarks/gpu_check.py")
+
+# A stand-in for a training process that writes checkpoint-1 as the trainer does: its state first, the seal a
+# moment later, then goes on training.
+CHECKPOINTING = """
+import pathlib, sys, time
+checkpoint = pathlib.Path(sys.argv[1]) / "checkpoints" / "checkpoint-1"
+checkpoint.mkdir(parents=True)
+(checkpoint / "trainer_state.json").write_text("{}")
+time.sleep(1.5)
+(checkpoint / "complete.json").write_text("{}")
+time.sleep(600)
+"""
 
 
 def make_wheel(folder: Path, name: str, files: dict[str, bytes], requires: tuple[str, ...] = ()) -> Path:
@@ -59,6 +72,14 @@ def test_requirements_are_met_by_carried_wheels_or_the_image_and_others_are_name
     assert missing == ["importlib_metadata needs nowhere-pkg: neither carried nor on the image",
                        "importlib_metadata needs torch>=99: 2.11.0 is on the image"]
     assert assumed == ["importlib_metadata needs zipp>=3.20: on the image, version not read"]
+
+
+def test_the_interrupted_run_is_killed_only_once_its_checkpoint_is_sealed(tmp_path):
+    staging = tmp_path / ".run.partial"
+    runner = gpu_check.Runner(tmp_path / "work", gpu_check.CPU)
+    killed = runner.run_killed("killed", [sys.executable, "-c", CHECKPOINTING, str(staging)], staging, 1)
+    assert killed.code == -9
+    assert (staging / "checkpoints" / "checkpoint-1" / "complete.json").exists()  # else --resume refuses it
 
 
 @pytest.mark.slow
