@@ -12,18 +12,20 @@ from pathlib import Path
 import pytest
 from helpers import REPO, load_script
 
+from llama_lora.run import files
+
 gpu_wheels = load_script("benchmarks/gpu_wheels.py")
 gpu_check = load_script("benchmarks/gpu_check.py")
 
 # A stand-in for a training process that writes checkpoint-1 as the trainer does: its state first, the seal a
 # moment later, then goes on training.
-CHECKPOINTING = """
+CHECKPOINTING = f"""
 import pathlib, sys, time
 checkpoint = pathlib.Path(sys.argv[1]) / "checkpoints" / "checkpoint-1"
 checkpoint.mkdir(parents=True)
-(checkpoint / "trainer_state.json").write_text("{}")
+(checkpoint / "trainer_state.json").write_text("{{}}")
 time.sleep(1.5)
-(checkpoint / "complete.json").write_text("{}")
+(checkpoint / "{files.CHECKPOINT_SEAL}").write_text("{{}}")
 time.sleep(600)
 """
 
@@ -79,7 +81,7 @@ def test_the_interrupted_run_is_killed_only_once_its_checkpoint_is_sealed(tmp_pa
     runner = gpu_check.Runner(tmp_path / "work", gpu_check.CPU)
     killed = runner.run_killed("killed", [sys.executable, "-c", CHECKPOINTING, str(staging)], staging, 1)
     assert killed.code == -9
-    assert (staging / "checkpoints" / "checkpoint-1" / "complete.json").exists()  # else --resume refuses it
+    assert (staging / "checkpoints" / "checkpoint-1" / files.CHECKPOINT_SEAL).exists()  # else --resume refuses it
 
 
 @pytest.mark.slow
